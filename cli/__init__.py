@@ -1,0 +1,1 @@
+"""The ``unlearnable`` command line (Typer): parses options, calls the library, renders results."""

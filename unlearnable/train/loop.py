@@ -1,0 +1,193 @@
+"""The training loop: the whole dataset sits on the device as one uint8 tensor, batches are
+drawn by a seeded permutation, augmented in one batched op (random crop pad 4 + flip), and
+fed to a small replaceable ``step`` function that does the update.
+
+Recipe defaults follow the Unlearnable Examples code (arXiv 2101.04898, configs/cifar10):
+SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine annealing to 0 over the epochs,
+gradient-norm clip 5.0, batch 128. bf16 autocast and channels_last on CUDA.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, asdict
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.augment import random_crop_flip, to_float
+from ..data.datasets import ImageTensors
+from ..device import autocast
+from ..errors import UnlearnableError
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (the victim's or surrogate's recipe)."""
+
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" (per epoch, to 0), "multistep" (x0.1 at 50% and 75%), "constant"
+    grad_clip: float | None = 5.0
+    augment: bool = True  # random crop (pad 4) + horizontal flip
+    seed: int = 0
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UnlearnableError("epochs and batch size must be at least 1")
+        if self.schedule not in ("cosine", "multistep", "constant"):
+            raise UnlearnableError(f"unknown schedule {self.schedule!r}")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    test_loss: float | None
+    test_acc: float | None
+    seconds: float
+
+
+class StepFn(Protocol):
+    """Does one update on a float batch x (B, C, H, W) in [0, 1] with labels y (B,);
+    returns the (detached) mean loss and logits used for the train-accuracy readout."""
+
+    def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class StandardStep:
+    """Empirical risk minimisation: forward, ``loss_fn``, backward, optional grad-norm clip, SGD step."""
+
+    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                 grad_clip: float | None = 5.0) -> None:
+        self.loss_fn = loss_fn
+        self.grad_clip = grad_clip
+
+    def __call__(self, model, optimizer, x, y):
+        with autocast(x.device):
+            logits = model(x)
+        loss = self.loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        optimizer.step()
+        return loss.detach(), logits.detach()
+
+
+def build_model(arch: str, num_classes: int, in_channels: int, seed: int,
+                device: torch.device) -> nn.Module:
+    """A freshly initialised registry model, its init drawn from ``seed`` (global RNG untouched)."""
+    from ..models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    model = model.to(device)
+    if device.type in ("cuda", "cpu"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def _lr_at(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    if cfg.schedule == "multistep":
+        return cfg.lr * (0.1 ** sum(epoch >= m for m in (cfg.epochs // 2, cfg.epochs * 3 // 4)))
+    return cfg.lr
+
+
+def prepare_batch(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> float [0, 1], channels_last on CPU/CUDA (faster convolutions there)."""
+    x = to_float(images_u8)
+    if x.device.type in ("cuda", "cpu"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageTensors, batch_size: int = 1000,
+             delta: torch.Tensor | None = None) -> tuple[float, float]:
+    """(accuracy in [0, 1], mean cross-entropy) of ``model`` on ``data`` in eval mode.
+    ``delta`` (float, broadcastable to one batch or (N, C, H, W)) is added before clamping to [0, 1]."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    device = next(model.parameters()).device
+    n = len(data)
+    for s in range(0, n, batch_size):
+        x = prepare_batch(data.images[s:s + batch_size].to(device))
+        y = data.labels[s:s + batch_size].to(device)
+        if delta is not None:
+            d = delta[s:s + batch_size] if delta.dim() == 4 and delta.shape[0] == n else delta
+            x = (x + d.to(device)).clamp_(0, 1)
+        with autocast(device):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return correct / max(n, 1), loss_sum / max(n, 1)
+
+
+def train(model: nn.Module, train_set: ImageTensors, test_set: ImageTensors | None = None,
+          config: TrainConfig | None = None, step: StepFn | None = None,
+          on_epoch: Callable[[EpochRecord], None] | None = None,
+          on_batch: Callable[[int, int], None] | None = None) -> list[EpochRecord]:
+    """Train ``model`` in place on ``train_set`` (moved to the model's device), evaluating on the
+    clean ``test_set`` after each epoch. Returns one record per epoch."""
+    cfg = config or TrainConfig()
+    step = step or StandardStep(grad_clip=cfg.grad_clip)
+    device = next(model.parameters()).device
+    data = train_set.to(device)
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(data)
+    steps = math.ceil(n / cfg.batch_size)
+    history: list[EpochRecord] = []
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        lr = _lr_at(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for i in range(steps):
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x = prepare_batch(data.images[idx])
+            if cfg.augment:
+                x = random_crop_flip(x, 4, gen)
+            y = data.labels[idx]
+            loss, logits = step(model, opt, x, y)
+            loss_sum += loss * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+            if on_batch:
+                on_batch(i + 1, steps)
+        test_loss = test_acc = None
+        if test_set is not None:
+            test_acc, test_loss = evaluate(model, test_set, cfg.eval_batch_size)
+        rec = EpochRecord(epoch + 1, lr, loss_sum.item() / n, correct.item() / n, test_loss, test_acc,
+                          time.perf_counter() - t0)
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+    return history
+
+
+def history_to_dicts(history: list[EpochRecord]) -> list[dict]:
+    return [asdict(r) for r in history]
