@@ -23,7 +23,7 @@ class VGG(nn.Module):
         cin = in_channels
         for v in CONFIGS[config]:
             if v == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28x28 inputs work too
             else:
                 cout = int(v) // width_div
                 layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False),

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from unlearnable.cli.main import app
+from unlearnable.data.datasets import load_dataset
+from unlearnable.data.protected import load_protected
+
+runner = CliRunner()
+FAST = ["--arch", "smallcnn", "--subset", "100", "--steps", "2", "--train-steps", "2",
+        "--batch-size", "50", "--max-rounds", "2"]
+
+
+def test_protect_dataset_then_verify(cifar_root, tmp_path):
+    out = tmp_path / "prot"
+    r = runner.invoke(app, ["protect-dataset", "cifar10", "-o", str(out), "--data-root", str(cifar_root), *FAST])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "protected.json").read_text())
+    assert manifest["num_images"] == 100 and manifest["rounds"] == 2 and manifest["linf_levels"] <= 8
+    assert not (out / "checkpoint.pt").exists()
+    prot, _ = load_protected(out)
+    clean = load_dataset("cifar10", "train", cifar_root).subset(torch.from_numpy(np.load(out / "indices.npy")))
+    assert torch.equal(prot.labels, clean.labels)
+    diff = (prot.images.int() - clean.images.int()).abs()
+    assert diff.max() <= 8 and diff.float().mean() > 0.5  # the noise is there and within budget
+    delta = np.load(out / "perturbation.npy")
+    assert delta.shape == (100, 3, 32, 32) and np.abs(delta).max() <= 8 / 255 + 1e-3
+
+    # rerunning a finished job with the same arguments does nothing and succeeds
+    r = runner.invoke(app, ["protect-dataset", "cifar10", "-o", str(out), "--data-root", str(cifar_root), *FAST])
+    assert r.exit_code == 0, r.output
+
+    r = runner.invoke(app, ["verify", str(out), "--arch", "smallcnn", "--epochs", "1", "--batch-size", "50"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "verify.json").read_text())
+    assert [(x["arch"], x["train_data"]) for x in report["runs"]] == [("smallcnn", "clean"), ("smallcnn", "protected")]
+    for run in report["runs"]:
+        assert 0 <= run["final_test_acc"] <= run["peak_test_acc"] <= 1
+        assert len(run["history"]) == 1
+    assert "peak" in r.output and "protected" in r.output
+
+
+def test_classwise_cli(cifar_root, tmp_path):
+    out = tmp_path / "cw"
+    r = runner.invoke(app, ["protect-dataset", "cifar10", "--mode", "classwise", "-o", str(out),
+                            "--data-root", str(cifar_root), *FAST])
+    assert r.exit_code == 0, r.output
+    assert np.load(out / "perturbation.npy").shape == (10, 3, 32, 32)
+
+
+def test_wrong_dataset_name(tmp_path):
+    r = runner.invoke(app, ["protect-dataset", "cifar11", "-o", str(tmp_path / "o")])
+    assert r.exit_code != 0
+    assert "unknown dataset" in r.output and "cifar10" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_data_root(tmp_path):
+    r = runner.invoke(app, ["protect-dataset", "cifar10", "-o", str(tmp_path / "o"),
+                            "--data-root", str(tmp_path / "empty")])
+    assert r.exit_code != 0
+    assert "not found" in r.output and "empty" in r.output
+
+
+def test_nonpositive_epsilon(cifar_root, tmp_path):
+    for eps in ("0", "-8"):
+        r = runner.invoke(app, ["protect-dataset", "cifar10", "-o", str(tmp_path / "o"),
+                                "--data-root", str(cifar_root), "--eps", eps])
+        assert r.exit_code != 0
+        assert "epsilon must be > 0" in r.output
+
+
+def test_verify_on_a_folder_that_is_not_protected(tmp_path):
+    r = runner.invoke(app, ["verify", str(tmp_path)])
+    assert r.exit_code != 0 and "protected.json" in r.output
