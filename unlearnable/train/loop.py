@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data.augment import random_crop_flip, to_float
 from ..data.datasets import ImageTensors
-from ..device import autocast
+from ..device import autocast, resolve_device
 from ..errors import UnlearnableError
 
 
@@ -92,6 +92,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, seed: int,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    device = resolve_device(device)
     model = model.to(device)
     if device.type in ("cuda", "cpu"):
         model = model.to(memory_format=torch.channels_last)
