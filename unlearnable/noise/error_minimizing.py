@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from ..train.loop import evaluate, prepare_batch
 from .pgd import PGD
 
 MODES = ("samplewise", "classwise")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -244,6 +246,8 @@ def error_minimizing_noise(
         elapsed += seconds
         log = RoundLog(len(history) + 1, acc, loss_val, seconds)
         history.append(log)
+        logger.info("round %d: surrogate acc on perturbed data %.4f, loss %.4f (%.1fs)",
+                    log.round, acc, loss_val, seconds)
         converged = acc >= cfg.stop_accuracy
         if ckpt is not None:
             _atomic_save({"fingerprint": fp, "model": surrogate.state_dict(),
