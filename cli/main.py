@@ -68,12 +68,11 @@ def protect_dataset_cmd(
                            max_rounds=max_rounds, seed=seed)
         with _progress() as progress:
             task = progress.add_task("round 1", total=None)
+            round_no = [1]
 
             def on_progress(phase: str, done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total,
                                 description=f"round {round_no[0]} {phase}")
-
-            round_no = [1]
 
             def on_round(log) -> None:
                 progress.console.print(f"round {log.round:3d}  surrogate acc on perturbed data "

@@ -38,9 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.datasets import ImageTensors
-from ..device import autocast
 from ..errors import UnlearnableError
-from ..train.loop import evaluate, prepare_batch
+from ..train.loop import StandardStep, evaluate, prepare_batch
 from .pgd import PGD
 
 MODES = ("samplewise", "classwise")
@@ -175,6 +174,7 @@ def error_minimizing_noise(
         pool = torch.arange(n)
         delta = torch.zeros(data.images.shape, device=device)
     stream = _BatchStream(pool, cfg.batch_size, gen)
+    train_step = StandardStep(grad_clip=cfg.grad_clip)
     history: list[RoundLog] = []
     elapsed = 0.0
     ckpt = Path(checkpoint) if checkpoint else None
@@ -206,14 +206,7 @@ def error_minimizing_noise(
             idx = stream.next().to(device)
             x, y = prepare_batch(data.images[idx]), data.labels[idx]
             d = delta[y] if classwise else delta[idx]
-            x = (x + d).clamp_(0, 1)
-            with autocast(device):
-                loss = F.cross_entropy(surrogate(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(surrogate.parameters(), cfg.grad_clip)
-            optimizer.step()
+            train_step(surrogate, optimizer, (x + d).clamp_(0, 1), y)
             if on_progress:
                 on_progress("train", j + 1, cfg.train_steps)
         # 2) PGD that minimises the loss, over all samples (sample-wise) or the search pool

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -188,7 +188,3 @@ def train(model: nn.Module, train_set: ImageTensors, test_set: ImageTensors | No
         if on_epoch:
             on_epoch(rec)
     return history
-
-
-def history_to_dicts(history: list[EpochRecord]) -> list[dict]:
-    return [asdict(r) for r in history]
