@@ -18,6 +18,11 @@ def _tiny_data(n=120, k=4, size=16) -> ImageTensors:
     return ImageTensors(torch.from_numpy(x), torch.from_numpy(y), [str(i) for i in range(k)])
 
 
+def _data_and_surrogate() -> tuple[ImageTensors, torch.nn.Module]:
+    """The 96-image, 4-class search set and a freshly seeded SmallCNN surrogate."""
+    return _tiny_data(n=96, k=4), build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+
+
 @pytest.fixture(scope="module")
 def trained():
     data = _tiny_data()
@@ -72,8 +77,7 @@ def test_parse_epsilon():
 
 
 def _run(mode, tmp_path=None, interrupt_after=None, rounds=3):
-    data = _tiny_data(n=96, k=4)
-    model = build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+    data, model = _data_and_surrogate()
     cfg = MinMinConfig(mode=mode, steps=3, train_steps=2, batch_size=32, stop_accuracy=1.01,
                        max_rounds=rounds, classwise_portion=0.5)
     ckpt = tmp_path / "ckpt.pt" if tmp_path else None
@@ -86,8 +90,7 @@ def _run(mode, tmp_path=None, interrupt_after=None, rounds=3):
 
 
 def test_samplewise_noise_lowers_surrogate_loss():
-    data = _tiny_data(n=96, k=4)
-    model = build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+    data, model = _data_and_surrogate()
     cfg = MinMinConfig(mode="samplewise", steps=5, train_steps=3, batch_size=32, max_rounds=8)
     res = error_minimizing_noise(model, data, cfg)
     assert res.delta.shape == data.images.shape
@@ -130,7 +133,6 @@ def test_resume_equals_uninterrupted(tmp_path, mode):
 def test_checkpoint_from_other_settings_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _run("samplewise", tmp_path, interrupt_after=1)
-    data = _tiny_data(n=96, k=4)
-    model = build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+    data, model = _data_and_surrogate()
     with pytest.raises(UnlearnableError, match="other settings"):
         error_minimizing_noise(model, data, MinMinConfig(steps=7, batch_size=32), tmp_path / "ckpt.pt")
