@@ -39,6 +39,83 @@ def _split(values: str) -> list[str]:
     return [v.strip() for v in values.split(",") if v.strip()]
 
 
+EXIT_SOME_FAILED = 1
+
+
+@app.command("protect")
+def protect_cmd(
+    inputs: list[Path] = typer.Argument(..., help="photo files and/or folders (walked recursively)"),
+    out: Path = typer.Option(..., "-o", "--out", help="output folder (not inside an input); rerun to resume"),
+    eps: float = typer.Option(8.0, help="L∞ budget; ≥ 1 means /255 (8 = 8/255), < 1 is in [0, 1] units"),
+    mode: str = typer.Option("samplewise", help="samplewise (noise per photo) or classwise (one pattern per class)"),
+    label_free: bool = typer.Option(False, "--label-free", help="unlabeled mixed collection: classes by clustering"),
+    clusters: Optional[int] = typer.Option(None, help="number of pseudo-classes with --label-free"),
+    quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality of the outputs"),
+    keep_gps: bool = typer.Option(False, "--keep-gps", help="keep GPS location in EXIF (removed by default)"),
+    rounds: int = typer.Option(20, help="min-min round cap"),
+    pgd_steps: int = typer.Option(10, help="PGD steps per round"),
+    work_size: int = typer.Option(64, help="resolution the noise is searched at (then upsampled)"),
+    surrogate: str = typer.Option("smallcnn-cifar10", help="shipped surrogate name or a .pt from train-surrogate"),
+    reference: Optional[str] = typer.Option(None, help="reference dataset (default: the surrogate's shipped bank)"),
+    max_megapixels: float = typer.Option(150.0, help="refuse larger images (decompression-bomb guard)"),
+    workers: int = typer.Option(2, help="threads for decoding and encoding photos"),
+    seed: int = typer.Option(0),
+    data_root: Optional[Path] = typer.Option(None),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, mps"),
+) -> None:
+    """Protect your photos: same files, formats and sizes under OUT, with bounded error-minimizing noise.
+    Exit code 0: all photos protected; 1: some failed (listed); 2: usage error."""
+    from unlearnable.noise.budget import parse_epsilon
+    from unlearnable.photos.protect import MANIFEST, PhotoProtectConfig, protect_photos
+    from unlearnable.photos.search import PhotoSearchConfig
+
+    with user_errors():
+        search = PhotoSearchConfig(mode=mode, eps=parse_epsilon(eps), rounds=rounds, pgd_steps=pgd_steps, seed=seed)
+        cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
+                                 surrogate=surrogate, reference=reference, quality=quality, keep_gps=keep_gps,
+                                 max_megapixels=max_megapixels, workers=workers,
+                                 data_root=str(data_root) if data_root else None, device=device)
+        with _progress() as progress:
+            task = progress.add_task("reading photos", total=None)
+
+            def on_event(kind: str, info: dict) -> None:
+                if kind == "preview":
+                    progress.update(task, description="reading photos", completed=info["done"], total=info["total"])
+                elif kind == "search-progress":
+                    progress.update(task, description=f"searching noise ({info['phase']})",
+                                    completed=info["done"], total=info["total"])
+                elif kind == "round":
+                    progress.console.print(f"round {info['round']:3d}  surrogate acc on scraper views "
+                                           f"{info['view_accuracy']:6.1%}  loss {info['view_loss']:.3f}")
+                elif kind == "photo":
+                    progress.update(task, description="writing photos", completed=info["done"], total=info["total"])
+
+            manifest = protect_photos(inputs, out, cfg, on_event)
+    images = manifest["images"]
+    table = Table(title=f"protected photos -> {out} (ε = {manifest['eps_255']:.3g}/255)")
+    for col in ("photo", "size", "class", "status", "PSNR dB", "SSIM", "max Δ"):
+        table.add_column(col)
+    for e in images:
+        ok = e.get("status") == "ok"
+        table.add_row(e["output"], f"{e['width']}×{e['height']}" if ok else "", e.get("class", e.get("label", "")),
+                      ("resumed" if e.get("resumed") else "ok") if ok else f"[red]{e.get('error', e.get('status'))}[/]",
+                      f"{e['psnr']:.1f}" if ok and e.get("psnr") is not None else "",
+                      f"{e['ssim']:.4f}" if ok and e.get("ssim") is not None else "",
+                      f"{e['max_change_levels']}/255" if ok else "")
+    Console().print(table)
+    for e in images:
+        if e.get("status") == "error":
+            console.print(f"[red]failed[/] {e['input']}: {e['error']}", soft_wrap=True)
+    s = manifest["summary"]
+    console.print(f"{s['ok']} of {s['photos']} photos protected ({s['resumed']} already done), {s['failed']} failed; "
+                  f"mean PSNR {s['mean_psnr'] or float('nan'):.1f} dB, mean SSIM {s['mean_ssim'] or float('nan'):.4f}; "
+                  f"{s['wall_seconds']:.0f}s. Manifest: {out / MANIFEST}")
+    if manifest["skipped_files"]:
+        console.print(f"skipped {len(manifest['skipped_files'])} non-photo files (listed in the manifest)")
+    if s["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 @app.command("protect-dataset")
 def protect_dataset_cmd(
     dataset: str = typer.Argument(..., help="cifar10, cifar100, fashion-mnist, svhn, or an ImageFolder path"),
@@ -89,21 +166,43 @@ def protect_dataset_cmd(
 
 @app.command("verify")
 def verify_cmd(
-    protected: Path = typer.Argument(..., help="a folder written by protect-dataset"),
-    arch: str = typer.Option("resnet18", help="victim architecture(s), comma-separated"),
-    epochs: int = typer.Option(60, help="training epochs per victim (paper: 60)"),
+    protected: Path = typer.Argument(..., help="a folder written by protect-dataset, or a folder of your photos"),
+    arch: Optional[str] = typer.Option(None, help="victim architecture(s), comma-separated "
+                                                  "(default resnet18; resnet18-narrow for photos)"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs per victim (default 60 = paper; 30 for photos)"),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.1),
     clean: bool = typer.Option(True, help="also train the clean baseline on the same images"),
     seed: int = typer.Option(0),
-    output: Optional[Path] = typer.Option(None, help="where to write the JSON (default PROTECTED/verify.json)"),
-    data_root: Optional[Path] = typer.Option(None, help="where the clean dataset is (default: as recorded)"),
+    output: Optional[Path] = typer.Option(None, help="dataset: JSON path (default PROTECTED/verify.json); "
+                                                     "photos: output folder (required)"),
+    holdout: float = typer.Option(0.25, help="photos: share of each class held out clean for testing"),
+    reference: str = typer.Option("cifar10", help="photos: labelled dataset the victim also trains on"),
+    reference_per_class: int = typer.Option(500, help="photos: reference images per class"),
+    exclude_class: Optional[str] = typer.Option(None, help="photos: reference classes to drop, comma-separated"),
+    size: int = typer.Option(32, help="photos: the scraper's training resolution"),
+    jpeg_quality: int = typer.Option(75, help="photos: the scraper's JPEG re-encode quality (0: none)"),
+    eps: float = typer.Option(8.0, help="photos: L∞ budget of the protection (8 = 8/255)"),
+    data_root: Optional[Path] = typer.Option(None, help="where the clean/reference dataset is"),
     device: str = typer.Option("auto"),
 ) -> None:
-    """Train fresh victims on the protected data and on the clean data; report clean test accuracy."""
+    """Check a protection by training fresh victims. On a protect-dataset output: victims on the
+    protected and the clean data, clean test accuracy. On a photo folder: hold out some photos clean,
+    protect the rest, train victims (reference set + photos, scraper pipeline) and report how many
+    held-out photos each still recognises."""
+    from unlearnable.data.protected import MANIFEST as DATASET_MANIFEST
     from unlearnable.train.loop import TrainConfig
     from unlearnable.verify import REPORT, verify_protected
 
+    if protected.is_dir() and not (protected / DATASET_MANIFEST).exists():
+        with user_errors():
+            _verify_photos(protected, output, arch or "resnet18-narrow",
+                           TrainConfig(epochs=epochs or 30, batch_size=batch_size, lr=lr, seed=seed),
+                           holdout, reference, reference_per_class, exclude_class, size, jpeg_quality, eps,
+                           seed, data_root, device)
+        return
+    arch = arch or "resnet18"
+    epochs = epochs or 60
     with user_errors():
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
         with _progress() as progress:
@@ -132,6 +231,84 @@ def verify_cmd(
                       f"{r['peak_test_acc']:.2%} ({r['peak_epoch']})", f"{r['final_train_acc']:.2%}")
     Console().print(table)
     console.print(f"report: {output or protected / REPORT}")
+
+
+def _verify_photos(folder: Path, output: Optional[Path], arch: str, train_cfg, holdout: float, reference: str,
+                   reference_per_class: int, exclude_class: Optional[str], size: int, jpeg_quality: int,
+                   eps: float, seed: int, data_root: Optional[Path], device: str) -> None:
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.noise.budget import parse_epsilon
+    from unlearnable.photos.protect import PhotoProtectConfig
+    from unlearnable.photos.search import PhotoSearchConfig
+    from unlearnable.photos.verify import REPORT, PhotoVerifyConfig, verify_photo_folder
+
+    if output is None:
+        raise UnlearnableError("verifying a photo folder writes protected copies and a report: pass -o/--output DIR")
+    root = str(data_root) if data_root else None
+    protect = PhotoProtectConfig(search=PhotoSearchConfig(eps=parse_epsilon(eps), seed=seed), data_root=root,
+                                 device=device)
+    cfg = PhotoVerifyConfig(holdout=holdout, reference=reference, reference_per_class=reference_per_class,
+                            exclude_classes=tuple(_split(exclude_class or "")), size=size,
+                            jpeg_quality=jpeg_quality or None, arch=arch, train=train_cfg, protect=protect,
+                            seed=seed, data_root=root, device=device)
+    with _progress() as progress:
+        task = progress.add_task("preparing", total=None)
+
+        def on_event(kind: str, info: dict) -> None:
+            if kind == "phase":
+                progress.console.print(info["name"])
+            elif kind == "protect-round":
+                progress.console.print(f"  search round {info['round']:3d}  surrogate acc {info['view_accuracy']:6.1%}")
+            elif kind == "run":
+                progress.reset(task, total=info["epochs"], description=f"victim on {info['name']} photos")
+            elif kind == "epoch":
+                progress.advance(task)
+
+        report = verify_photo_folder(folder, output, cfg, on_event)
+    table = Table(title=f"{report['held_out_clean']} held-out clean photos of {folder}: "
+                        f"share recognised as their own class (chance {report['chance_heldout_accuracy']:.1%})")
+    for col in ("victim trained on", "held-out accuracy", "photo train acc", f"{reference} test acc"):
+        table.add_column(col)
+    for r in report["runs"]:
+        table.add_row(r["trained_on"], f"{r['heldout_accuracy']:.1%}", f"{r['photo_train_accuracy']:.1%}",
+                      f"{r['reference_test_accuracy']:.1%}")
+    Console().print(table)
+    console.print(f"report: {output / REPORT}")
+
+
+@app.command("train-surrogate")
+def train_surrogate_cmd(
+    dataset: str = typer.Option("cifar10", help="labelled dataset to pretrain on"),
+    arch: str = typer.Option("smallcnn", help="architecture (see `unlearnable models`)"),
+    epochs: int = typer.Option(15),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.1),
+    reference_per_class: int = typer.Option(50, help="training images per class kept as the reference bank"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("models/weights"), "-o", "--out", help="folder for .pt, .reference.npz and the model card"),
+    data_root: Optional[Path] = typer.Option(None),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Pretrain a surrogate and its reference bank: the recipe of the embedded default."""
+    from unlearnable.surrogate import save_surrogate, train_surrogate
+    from unlearnable.train.loop import TrainConfig
+
+    with user_errors():
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        with _progress() as progress:
+            task = progress.add_task("batches", total=None)
+
+            def on_epoch(rec) -> None:
+                progress.console.print(f"epoch {rec.epoch:3d}  train acc {rec.train_acc:6.2%}  "
+                                       f"test acc {rec.test_acc:6.2%}  ({rec.seconds:.0f}s)")
+
+            def on_batch(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            model, meta, reference = train_surrogate(dataset, arch, cfg, reference_per_class, data_root, device,
+                                                     on_epoch, on_batch)
+        path = save_surrogate(out, model, meta, reference)
+    console.print(f"[green]saved[/] {path} (test accuracy {meta['test_accuracy']:.2%}) and its model card")
 
 
 @app.command("models")

@@ -72,6 +72,11 @@ def test_nonpositive_epsilon(cifar_root, tmp_path):
         assert "epsilon must be > 0" in r.output
 
 
-def test_verify_on_a_folder_that_is_not_protected(tmp_path):
+def test_verify_on_a_path_that_is_not_protected(tmp_path):
+    r = runner.invoke(app, ["verify", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "protected.json" in r.output
+
+
+def test_verify_photo_folder_needs_an_output_folder(tmp_path):
     r = runner.invoke(app, ["verify", str(tmp_path)])
-    assert r.exit_code != 0 and "protected.json" in r.output
+    assert r.exit_code == 2 and "--output" in r.output

@@ -1,0 +1,121 @@
+"""Noise for photos: full-resolution budget, search behaviour, scraper views, pseudo-classes."""
+import numpy as np
+import pytest
+import torch
+
+from unlearnable.data.datasets import ImageTensors
+from unlearnable.models import create_model
+from unlearnable.photos.apply import apply_noise, bilinear_matrix, upsample_noise
+from unlearnable.photos.clusters import kmeans, pseudo_labels
+from unlearnable.photos.scraper import ViewConfig, scraper_pipeline, scraper_view
+from unlearnable.photos.search import PhotoSearchConfig, expand_head, photo_noise
+
+
+def test_bilinear_matrix_is_convex():
+    for n_out, n_in in [(37, 8), (8, 8), (5, 16), (3000, 64)]:
+        m = bilinear_matrix(n_out, n_in)
+        assert m.shape == (n_out, n_in)
+        assert (m >= 0).all()
+        torch.testing.assert_close(m.sum(1), torch.ones(n_out))
+
+
+@pytest.mark.parametrize("shape,dtype", [((301, 457, 3), np.uint8), ((120, 80, 1), np.uint8), ((64, 50, 1), np.uint16)])
+def test_full_resolution_change_never_exceeds_epsilon(shape, dtype):
+    rng = np.random.default_rng(0)
+    top = np.iinfo(dtype).max
+    pixels = rng.integers(0, top + 1, size=shape, dtype=np.int64).astype(dtype)
+    pixels[:10] = 0
+    pixels[-10:] = top  # saturated rows: clipping must not break anything
+    eps = 8 / 255
+    delta = (torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1) * eps
+    delta[:, ::2] = eps  # many values at the bound
+    out, worst = apply_noise(pixels, delta, strip=37)
+    assert out.shape == pixels.shape and out.dtype == pixels.dtype
+    change = np.abs(out.astype(np.int64) - pixels.astype(np.int64))
+    assert change.max() == worst <= round(eps * top)
+    assert worst > 0
+    # strips agree with the one-shot upsampling
+    full = upsample_noise(delta.mean(0, keepdim=True) if shape[2] == 1 else delta, shape[0], shape[1])
+    ref = np.clip(np.round(pixels.astype(np.float64) + full.permute(1, 2, 0).double().numpy() * top), 0, top)
+    assert np.abs(ref - out).max() <= 1
+
+
+def test_grayscale_photo_gets_gray_noise():
+    pixels = np.full((40, 30, 1), 128, np.uint8)
+    out, _ = apply_noise(pixels, torch.full((3, 8, 8), 4 / 255))
+    assert out.shape == (40, 30, 1) and (out == 132).all()
+
+
+def test_scraper_view_shapes_range_and_gradient():
+    z = torch.rand(4, 3, 64, 64, requires_grad=True)
+    v = scraper_view(z, ViewConfig(out_size=32, jpeg_prob=1.0), torch.Generator().manual_seed(0))
+    assert v.shape == (4, 3, 32, 32) and v.min() >= 0 and v.max() <= 1
+    v.sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_scraper_pipeline_resizes_and_recompresses():
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    small = scraper_pipeline(rgb, 32, 75)
+    assert small.shape == (32, 32, 3) and small.dtype == np.uint8
+    assert not np.array_equal(small, scraper_pipeline(rgb, 32, None))
+
+
+def test_expand_head_keeps_old_classes():
+    torch.manual_seed(0)
+    m = create_model("smallcnn", num_classes=10).eval()
+    m2 = expand_head(m, 2).eval()
+    x = torch.rand(3, 3, 32, 32)
+    out, out2 = m(x), m2(x)
+    assert out2.shape == (3, 12)
+    torch.testing.assert_close(out2[:, :10], out)
+    assert m.head.out_features == 10  # original untouched
+
+
+def _tiny_problem(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ref = ImageTensors(torch.randint(0, 256, (60, 3, 32, 32), generator=g, dtype=torch.uint8),
+                       torch.arange(60) % 3, ["a", "b", "c"])
+    photos = torch.randint(0, 256, (n, 3, 64, 64), generator=g, dtype=torch.uint8)
+    torch.manual_seed(seed)
+    return ref, photos, create_model("smallcnn", num_classes=3).eval()
+
+
+@pytest.mark.parametrize("mode", ["samplewise", "classwise"])
+def test_photo_noise_is_bounded_and_lowers_the_loss(mode):
+    ref, photos, surrogate = _tiny_problem()
+    labels = torch.arange(12) % 2
+    before = [p.clone() for p in surrogate.parameters()]
+    cfg = PhotoSearchConfig(mode=mode, rounds=3, min_rounds=3, pgd_steps=3, train_steps=2,
+                            reference_batch=16, photo_batch=8)
+    delta, hist = photo_noise(photos, labels, 2, surrogate, ref, cfg)
+    assert delta.shape == ((12 if mode == "samplewise" else 2), 3, 64, 64)
+    assert delta.abs().max() <= cfg.eps + 1e-6 and delta.abs().max() > 0
+    assert len(hist) == 3 and hist[-1].view_loss < hist[0].view_loss * 1.5
+    for p, q in zip(before, surrogate.parameters()):
+        assert torch.equal(p, q)  # the given surrogate is never modified
+    if mode == "samplewise":  # x + δ stays a valid image (a shared class pattern is clipped when applied)
+        x = photos.float() / 255
+        assert ((x + delta) >= -1e-6).all() and ((x + delta) <= 1 + 1e-6).all()
+
+
+def test_photo_noise_is_deterministic():
+    ref, photos, surrogate = _tiny_problem(6)
+    cfg = dict(rounds=2, pgd_steps=2, train_steps=1, reference_batch=8, photo_batch=4)
+    d1, _ = photo_noise(photos, torch.zeros(6, dtype=torch.long), 1, surrogate, ref, PhotoSearchConfig(**cfg))
+    d2, _ = photo_noise(photos, torch.zeros(6, dtype=torch.long), 1, surrogate, ref, PhotoSearchConfig(**cfg))
+    assert torch.equal(d1, d2)
+
+
+def test_kmeans_finds_separated_groups():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(10, 5, generator=g) * 0.05 + 3
+    b = torch.randn(7, 5, generator=g) * 0.05 - 3
+    lab = kmeans(torch.cat([a, b]), 2)
+    assert len(set(lab[:10].tolist())) == 1 and len(set(lab[10:].tolist())) == 1 and lab[0] != lab[10]
+
+
+def test_pseudo_labels_cover_all_photos():
+    _, photos, surrogate = _tiny_problem(9)
+    labels, names = pseudo_labels(surrogate, photos, 3)
+    assert labels.shape == (9,) and int(labels.max()) + 1 == len(names) <= 3

@@ -1,0 +1,177 @@
+"""Does protecting a photo folder stop a model from learning it? A held-out experiment.
+
+For each class (subfolder) of the folder, a share of the photos is held out *clean*; the rest is
+protected with ``protect_photos``. Two fresh victims are then trained the way a scraper would:
+a labelled reference dataset plus the folder's photos as extra classes, every photo passed
+through the scraper pipeline (squash-resize to training size, JPEG re-encode at quality 75) and
+trained with random crop + flip. One victim sees the protected photos, the other the same photos
+unprotected. The number that matters is the held-out accuracy: the share of the held-out clean
+photos each victim puts in their own class. Protection works when the protected victim's is low
+and the unprotected victim's is not.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.datasets import ImageTensors, balanced_subset, load_dataset
+from ..data.protected import write_json_atomic
+from ..device import resolve_device
+from ..errors import UnlearnableError
+from ..train.loop import EpochRecord, TrainConfig, build_model, train
+from .io import discover, read_photo
+from .protect import PhotoProtectConfig, protect_photos
+from .scraper import scraper_pipeline
+
+REPORT = "verify-photos.json"
+
+
+@dataclass
+class PhotoVerifyConfig:
+    holdout: float = 0.25                   # share of each class's photos kept clean for testing
+    reference: str = "cifar10"              # labelled dataset the victim also trains on
+    reference_per_class: int = 500
+    exclude_classes: tuple[str, ...] = ()   # reference classes to drop (e.g. the photos' own category)
+    size: int = 32                          # the scraper's training resolution
+    jpeg_quality: int | None = 75           # the scraper's re-encode (None: off)
+    arch: str = "resnet18-narrow"           # victim architecture
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30))
+    protect: PhotoProtectConfig = field(default_factory=PhotoProtectConfig)
+    seed: int = 0
+    data_root: str | None = None
+    device: str = "auto"
+
+
+def split_holdout(labels: list[str], share: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices), ``share`` of each class held out (at least one photo of a
+    class with two or more, and at least one kept for training)."""
+    if not 0 < share < 1:
+        raise UnlearnableError(f"holdout share must be in (0, 1), got {share}")
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for cls in sorted(set(labels)):
+        idx = [i for i, l in enumerate(labels) if l == cls]
+        rng.shuffle(idx)
+        n_hold = min(len(idx) - 1, max(1, round(share * len(idx)))) if len(idx) > 1 else 0
+        held += idx[:n_hold]
+        keep += idx[n_hold:]
+    return sorted(keep), sorted(held)
+
+
+def _scraped(paths: list[Path], size: int, quality: int | None) -> torch.Tensor:
+    """Photos through the scraper pipeline -> uint8 (N, 3, size, size)."""
+    arrays = []
+    for p in paths:
+        px = read_photo(p).pixels
+        if px.dtype != np.uint8:
+            px = (px.astype(np.float32) / 257.0).round().astype(np.uint8)
+        rgb = np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px
+        arrays.append(scraper_pipeline(rgb, size, quality))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
+                        config: PhotoVerifyConfig | None = None,
+                        on_event: Callable[[str, dict], None] | None = None) -> dict:
+    """Run the held-out experiment on ``folder`` (subfolders = classes), writing the protected
+    copies, and ``verify-photos.json``, under ``out_dir``. Returns the report."""
+    cfg = config or PhotoVerifyConfig()
+    emit = on_event or (lambda kind, info: None)
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    photos, _ = discover([Path(folder)], out)
+    labels = [p.label for p in photos]
+    keep, held = split_holdout(labels, cfg.holdout, cfg.seed)
+    if not held:
+        raise UnlearnableError("every class needs at least two photos: one to protect, one to hold out")
+    # stage the training part (links to the originals, by class) and protect it
+    stage = out / "train-originals"
+    if stage.exists():
+        shutil.rmtree(stage)
+    for i in keep:
+        link = stage / photos[i].label / photos[i].path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(photos[i].path.resolve())
+        except OSError:
+            shutil.copy2(photos[i].path, link)
+    emit("phase", {"name": f"protecting {len(keep)} photos ({len(held)} held out clean)"})
+    manifest = protect_photos([stage], out / "protected", cfg.protect,
+                              on_event=lambda k, info: emit("protect-" + k, info))
+    ok = {e["output"]: e for e in manifest["images"] if e.get("status") == "ok"}
+    train_idx = [i for i in keep if f"{photos[i].label}/{photos[i].path.name}" in ok]
+    if len(train_idx) < len(keep):
+        emit("phase", {"name": f"{len(keep) - len(train_idx)} photos failed to protect and are left out"})
+    classes = sorted(set(labels))
+    emit("phase", {"name": "scraping photos (resize, JPEG)"})
+    prot_x = _scraped([out / "protected" / photos[i].label / photos[i].path.name for i in train_idx],
+                      cfg.size, cfg.jpeg_quality)
+    clean_x = _scraped([photos[i].path for i in train_idx], cfg.size, cfg.jpeg_quality)
+    held_x = _scraped([photos[i].path for i in held], cfg.size, cfg.jpeg_quality)
+
+    ref_train = load_dataset(cfg.reference, "train", cfg.data_root, size=cfg.size)
+    ref_test = load_dataset(cfg.reference, "test", cfg.data_root, size=cfg.size)
+    unknown = set(cfg.exclude_classes) - set(ref_train.classes)
+    if unknown:
+        raise UnlearnableError(f"{sorted(unknown)} not among {cfg.reference}'s classes {ref_train.classes}")
+    kept_cls = [c for c in ref_train.classes if c not in cfg.exclude_classes]
+    ref_train, ref_test = _keep_classes(ref_train, kept_cls), _keep_classes(ref_test, kept_cls)
+    ref_train = ref_train.subset(balanced_subset(ref_train.labels, cfg.reference_per_class * len(kept_cls), cfg.seed))
+    k_ref = len(kept_cls)
+    y_photo = torch.tensor([k_ref + classes.index(labels[i]) for i in train_idx])
+    y_held = torch.tensor([k_ref + classes.index(labels[i]) for i in held])
+    all_classes = kept_cls + [f"photos:{c}" for c in classes]
+    dev = resolve_device(cfg.device)
+
+    runs = []
+    for name, px in (("protected", prot_x), ("unprotected", clean_x)):
+        emit("run", {"name": name, "epochs": cfg.train.epochs})
+        data = ImageTensors(torch.cat([ref_train.images, px]), torch.cat([ref_train.labels, y_photo]),
+                            all_classes, f"{cfg.reference}+photos:{name}")
+        model = build_model(cfg.arch, len(all_classes), 3, cfg.seed, dev)
+        hist = train(model, data, None, cfg.train, on_epoch=lambda r: emit("epoch", asdict(r)),
+                     on_batch=lambda d, t: emit("batch", {"done": d, "total": t}))
+        runs.append({
+            "trained_on": name,
+            "heldout_accuracy": _accuracy(model, held_x, y_held, dev),
+            "photo_train_accuracy": _accuracy(model, px, y_photo, dev),
+            "reference_test_accuracy": _accuracy(model, ref_test.images, ref_test.labels, dev),
+            "final_train_accuracy": hist[-1].train_acc, "train_seconds": sum(h.seconds for h in hist),
+        })
+    report = {
+        "folder": str(folder), "photos": len(photos), "classes": classes,
+        "protected_for_training": len(train_idx), "held_out_clean": len(held),
+        "held_out_files": [str(photos[i].path) for i in held],
+        "reference": cfg.reference, "reference_classes": kept_cls, "reference_train_images": len(ref_train),
+        "scraper": {"size": cfg.size, "jpeg_quality": cfg.jpeg_quality, "augment": "random crop (pad 4) + flip"},
+        "victim": cfg.arch, "train": asdict(cfg.train), "device": str(dev),
+        "protection": {"eps_255": manifest["eps_255"], "mean_psnr": manifest["summary"]["mean_psnr"],
+                       "mean_ssim": manifest["summary"]["mean_ssim"], "search": {
+                           k: manifest["search"].get(k) for k in ("rounds", "seconds")}},
+        "runs": runs, "chance_heldout_accuracy": 1 / len(all_classes),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    write_json_atomic(report, out / REPORT)
+    return report
+
+
+def _keep_classes(data: ImageTensors, keep: list[str]) -> ImageTensors:
+    old = [data.classes.index(c) for c in keep]
+    mask = torch.isin(data.labels, torch.tensor(old))
+    remap = torch.full((len(data.classes),), -1, dtype=torch.long)
+    remap[torch.tensor(old)] = torch.arange(len(old))
+    return ImageTensors(data.images[mask], remap[data.labels[mask]], list(keep), data.name)
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dev: torch.device) -> float:
+    from ..train.loop import evaluate
+    return evaluate(model, ImageTensors(images, labels, [""] * (int(labels.max()) + 1)).to(dev))[0] \
+        if len(images) else float("nan")
