@@ -280,7 +280,7 @@ def _verify_photos(folder: Path, output: Optional[Path], arch: str, train_cfg, h
 def train_surrogate_cmd(
     dataset: str = typer.Option("cifar10", help="labelled dataset to pretrain on"),
     arch: str = typer.Option("smallcnn", help="architecture (see `unlearnable models`)"),
-    epochs: int = typer.Option(15),
+    epochs: int = typer.Option(8),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.1),
     reference_per_class: int = typer.Option(50, help="training images per class kept as the reference bank"),

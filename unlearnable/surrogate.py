@@ -49,7 +49,7 @@ def train_surrogate(dataset: str = "cifar10", arch: str = "smallcnn", config: Tr
     """Train ``arch`` on the training split of ``dataset`` with the standard recipe and pick a
     class-balanced reference bank of ``reference_per_class`` training images per class.
     Returns (model, metadata with test accuracy and history, reference bank)."""
-    cfg = config or TrainConfig(epochs=15)
+    cfg = config or TrainConfig(epochs=8)
     dev = resolve_device(device)
     root = resolve_data_root(data_root)
     train_set, test_set = load_dataset(dataset, "train", root), load_dataset(dataset, "test", root)
