@@ -104,7 +104,7 @@ def model_card(meta: dict, command: str) -> str:
   {meta['reference_per_class']} training images per class ({meta['reference_per_class'] * len(meta['classes'])} in all,
   uint8, with their source indices): the "other classes" the photos are told apart from during the search.
   CIFAR-10 (Krizhevsky, 2009) carries no formal licence; it is redistributed widely for research, and the bank
-  is a 0.03-scale sample of it. Use `--reference` to search against your own reference images instead.
+  is 1 % of its training split. Use `--reference` to search against your own reference images instead.
 - **Recipe**: SGD lr {r['lr']}, momentum {r['momentum']}, weight decay {r['weight_decay']}, {r['schedule']} schedule,
   batch {r['batch_size']}, {r['epochs']} epochs, grad-norm clip {r['grad_clip']}, random crop (pad 4) + flip, seed {r['seed']}.
 - **Reproduce**: `{command}` (needs CIFAR-10 in the data root: `../shared/data/fetch-cifar10`).
