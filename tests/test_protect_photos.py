@@ -166,3 +166,14 @@ def test_gps_removed_by_default(tmp_path):
     with Image.open(tmp_path / "out" / "where.jpg") as a, Image.open(tmp_path / "kept" / "where.jpg") as b:
         assert a.getexif().get(0x010F) == "CameraMaker" and not a.getexif().get_ifd(0x8825)
         assert b.getexif().get_ifd(0x8825)
+
+
+def test_heic_photo_round_trips_when_pillow_heif_is_installed(tmp_path):
+    pytest.importorskip("pillow_heif", reason="HEIC support is the optional extra unlearnable[heic]")
+    src = tmp_path / "in"
+    _photo(src / "phone.heic", size=(96, 64), quality=90)
+    m = protect_photos([src], tmp_path / "out", _fast_config())
+    e = m["images"][0]
+    assert e["status"] == "ok" and e["format"] == "HEIF"
+    with Image.open(tmp_path / "out" / "phone.heic") as im:
+        assert im.format == "HEIF" and im.size == (96, 64)

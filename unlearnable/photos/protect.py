@@ -29,6 +29,7 @@ from .. import __version__
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
 from ..data.protected import write_json_atomic
 from ..device import resolve_device
+from ..errors import UnlearnableError
 from ..metrics import psnr, ssim
 from ..surrogate import DEFAULT_NAME, load_reference, load_surrogate
 from .apply import apply_noise
@@ -83,7 +84,6 @@ def _load_reference(cfg: PhotoProtectConfig, surrogate_meta: dict) -> ImageTenso
         return load_reference(cfg.surrogate)
     data = load_dataset(cfg.reference, "train", cfg.data_root, size=surrogate_meta["input_size"])
     if data.num_classes != len(surrogate_meta["classes"]):
-        from ..errors import UnlearnableError
         raise UnlearnableError(f"reference {cfg.reference} has {data.num_classes} classes but the surrogate "
                                f"was trained on {len(surrogate_meta['classes'])}")
     idx = balanced_subset(data.labels, cfg.reference_per_class * data.num_classes, cfg.search.seed)
