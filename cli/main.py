@@ -174,7 +174,7 @@ def verify_cmd(
     lr: float = typer.Option(0.1),
     clean: bool = typer.Option(True, help="also train the clean baseline on the same images"),
     seed: int = typer.Option(0),
-    output: Optional[Path] = typer.Option(None, help="dataset: JSON path (default PROTECTED/verify.json); "
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="dataset: JSON path (default PROTECTED/verify.json); "
                                                      "photos: output folder (required)"),
     holdout: float = typer.Option(0.25, help="photos: share of each class held out clean for testing"),
     reference: str = typer.Option("cifar10", help="photos: labelled dataset the victim also trains on"),
