@@ -4,10 +4,11 @@ The photo set is one CIFAR-10 class taken from the *test* split (so the surrogat
 on these images), upscaled to ``--photo-size`` pixels and saved as JPEG (quality 95) files, as a
 person's folder of photos of one subject. ``unlearnable verify`` semantics then apply: a share
 is held out clean, the rest is protected with the defaults, and two fresh victims train on the
-other nine CIFAR-10 classes (``--per-class`` training images each) plus the photos as a tenth
+other nine CIFAR-10 classes (``--per-class`` training images each, as many as the protected
+photos, so that the photo class is not a minority the unprotected victim could ignore) plus the photos as a tenth
 class, through the scraper pipeline (resize to 32, JPEG q75, crop + flip). Prints the report JSON.
 
-    python benchmarks/photo_verify.py [--cls cat] [--photos 200] [--epochs 20] [--arch resnet18-narrow]
+    python benchmarks/photo_verify.py [--cls automobile] [--photos 400] [--epochs 20] [--arch resnet18-narrow]
 """
 from __future__ import annotations
 
@@ -42,11 +43,12 @@ def export_class(dest: Path, cls: str, count: int, size: int, data_root: str | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cls", default="cat")
-    ap.add_argument("--photos", type=int, default=200)
+    ap.add_argument("--cls", default="automobile")
+    ap.add_argument("--photos", type=int, default=400)
     ap.add_argument("--photo-size", type=int, default=256)
     ap.add_argument("--holdout", type=float, default=0.25)
-    ap.add_argument("--per-class", type=int, default=500)
+    ap.add_argument("--per-class", type=int, default=300,
+                    help="reference images per class; default = the protected photos' count, so no class is a minority")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--arch", default="resnet18-narrow")
     ap.add_argument("--mode", default="samplewise")
