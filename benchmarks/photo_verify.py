@@ -51,7 +51,7 @@ def main() -> None:
                     help="reference images per class; default = the protected photos' count, so no class is a minority")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--arch", default="resnet18-narrow")
-    ap.add_argument("--mode", default="samplewise")
+    ap.add_argument("--mode", default="classwise")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--no-jpeg", action="store_true", help="scraper pipeline without the JPEG re-encode")
     ap.add_argument("--data-root", default=None)

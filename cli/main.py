@@ -47,7 +47,8 @@ def protect_cmd(
     inputs: list[Path] = typer.Argument(..., help="photo files and/or folders (walked recursively)"),
     out: Path = typer.Option(..., "-o", "--out", help="output folder (not inside an input); rerun to resume"),
     eps: float = typer.Option(8.0, help="L∞ budget; ≥ 1 means /255 (8 = 8/255), < 1 is in [0, 1] units"),
-    mode: str = typer.Option("samplewise", help="samplewise (noise per photo) or classwise (one pattern per class)"),
+    mode: str = typer.Option("classwise", help="classwise (one pattern per class; measured stronger on photos) "
+                                               "or samplewise (noise per photo)"),
     label_free: bool = typer.Option(False, "--label-free", help="unlabeled mixed collection: classes by clustering"),
     clusters: Optional[int] = typer.Option(None, help="number of pseudo-classes with --label-free"),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality of the outputs"),

@@ -37,7 +37,7 @@ from .scraper import ViewConfig, scraper_view
 class PhotoSearchConfig:
     """Settings of the photo min-min search (ε and steps in [0, 1] pixel units)."""
 
-    mode: str = "samplewise"        # or "classwise": one pattern per class
+    mode: str = "classwise"         # one pattern per class (measured stronger on photos), or "samplewise"
     eps: float = 8 / 255
     step_size: float = 0.8 / 255
     pgd_steps: int = 10             # PGD steps per round, each on a fresh random view
