@@ -47,8 +47,8 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=400)
     ap.add_argument("--photo-size", type=int, default=256)
     ap.add_argument("--holdout", type=float, default=0.25)
-    ap.add_argument("--per-class", type=int, default=300,
-                    help="reference images per class; default = the protected photos' count, so no class is a minority")
+    ap.add_argument("--per-class", type=int, default=None,
+                    help="reference images per class (default: the protected photos' count, so no class is a minority)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--arch", default="resnet18-narrow")
     ap.add_argument("--mode", default="classwise")

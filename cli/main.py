@@ -179,7 +179,8 @@ def verify_cmd(
                                                      "photos: output folder (required)"),
     holdout: float = typer.Option(0.25, help="photos: share of each class held out clean for testing"),
     reference: str = typer.Option("cifar10", help="photos: labelled dataset the victim also trains on"),
-    reference_per_class: int = typer.Option(500, help="photos: reference images per class"),
+    reference_per_class: Optional[int] = typer.Option(None, help="photos: reference images per class "
+                                                                 "(default: as many as protected photos per class)"),
     exclude_class: Optional[str] = typer.Option(None, help="photos: reference classes to drop, comma-separated"),
     size: int = typer.Option(32, help="photos: the scraper's training resolution"),
     jpeg_quality: int = typer.Option(75, help="photos: the scraper's JPEG re-encode quality (0: none)"),

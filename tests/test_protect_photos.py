@@ -55,7 +55,7 @@ def test_protect_folder_outputs_manifest_and_budget(album, tmp_path):
     assert m["summary"]["ok"] == 5 and m["summary"]["failed"] == 0
     assert [s["path"].endswith("notes.txt") for s in m["skipped_files"]] == [True]
     assert m["surrogate"]["name"] == "smallcnn-cifar10" and m["settings"]["search"]["seed"] == 0
-    assert m["search"]["classes"] == ["alice", "bob"]
+    assert m["search"]["classes"] == ["alice", "bob"] and m["settings"]["search"]["mode"] == "classwise"
     for e in m["images"]:
         src, dst = Path(e["input"]), out / e["output"]
         assert dst.exists() and e["output"] == src.relative_to(album).as_posix()

@@ -37,7 +37,7 @@ REPORT = "verify-photos.json"
 class PhotoVerifyConfig:
     holdout: float = 0.25                   # share of each class's photos kept clean for testing
     reference: str = "cifar10"              # labelled dataset the victim also trains on
-    reference_per_class: int = 500
+    reference_per_class: int | None = None  # None: as many as the protected photos per class (no minority class)
     exclude_classes: tuple[str, ...] = ()   # reference classes to drop (e.g. the photos' own category)
     size: int = 32                          # the scraper's training resolution
     jpeg_quality: int | None = 75           # the scraper's re-encode (None: off)
@@ -123,7 +123,9 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         raise UnlearnableError(f"{sorted(unknown)} not among {cfg.reference}'s classes {ref_train.classes}")
     kept_cls = [c for c in ref_train.classes if c not in cfg.exclude_classes]
     ref_train, ref_test = _keep_classes(ref_train, kept_cls), _keep_classes(ref_test, kept_cls)
-    ref_train = ref_train.subset(balanced_subset(ref_train.labels, cfg.reference_per_class * len(kept_cls), cfg.seed))
+    per_class = cfg.reference_per_class or max(10, round(len(train_idx) / len(classes)))
+    per_class = min(per_class, int(torch.bincount(ref_train.labels).min()))
+    ref_train = ref_train.subset(balanced_subset(ref_train.labels, per_class * len(kept_cls), cfg.seed))
     k_ref = len(kept_cls)
     y_photo = torch.tensor([k_ref + classes.index(labels[i]) for i in train_idx])
     y_held = torch.tensor([k_ref + classes.index(labels[i]) for i in held])
