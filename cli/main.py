@@ -108,9 +108,10 @@ def protect_cmd(
         if e.get("status") == "error":
             console.print(f"[red]failed[/] {e['input']}: {e['error']}", soft_wrap=True)
     s = manifest["summary"]
+    quality = (f"mean PSNR {s['mean_psnr']:.1f} dB, mean SSIM {s['mean_ssim']:.4f}; "
+               if s["mean_psnr"] is not None and s["mean_ssim"] is not None else "")
     console.print(f"{s['ok']} of {s['photos']} photos protected ({s['resumed']} already done), {s['failed']} failed; "
-                  f"mean PSNR {s['mean_psnr'] or float('nan'):.1f} dB, mean SSIM {s['mean_ssim'] or float('nan'):.4f}; "
-                  f"{s['wall_seconds']:.0f}s. Manifest: {out / MANIFEST}")
+                  f"{quality}{s['wall_seconds']:.0f}s. Manifest: {out / MANIFEST}")
     if manifest["skipped_files"]:
         console.print(f"skipped {len(manifest['skipped_files'])} non-photo files (listed in the manifest)")
     if s["failed"]:
