@@ -2,7 +2,6 @@
 and renders the result; library errors become one red line and a non-zero exit."""
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional

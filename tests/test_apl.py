@@ -17,7 +17,6 @@ def test_losses_match_their_definitions():
     logits, y = _batch()
     p = F.softmax(logits, 1)
     logp = F.log_softmax(logits, 1)
-    k = logits.shape[1]
     torch.testing.assert_close(nce(logits, y), (logp[range(16), y] / logp.sum(1)).mean())
     torch.testing.assert_close(mae(logits, y), (1 - p[range(16), y]).mean())
     torch.testing.assert_close(rce(logits, y), (-torch.log(torch.tensor(1e-4)) * (1 - p.clamp(1e-7, 1)[range(16), y])).mean(), rtol=1e-4,

@@ -4,7 +4,6 @@ import torch.nn.functional as F
 
 from unlearnable.data.datasets import ImageTensors
 from unlearnable.errors import UnlearnableError
-from unlearnable.models import create_model
 from unlearnable.noise.budget import apply_noise_uint8, epsilon_levels, linf_levels, parse_epsilon
 from unlearnable.noise.error_minimizing import MinMinConfig, error_minimizing_noise
 from unlearnable.noise.pgd import PGD

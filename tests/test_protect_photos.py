@@ -1,7 +1,6 @@
 """`unlearnable protect` on photo folders: outputs, budget, manifest, resume, bad inputs, exit codes."""
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -12,7 +12,6 @@ train-surrogate``); the model card next to the weights records its command, data
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -149,9 +148,3 @@ def _resolve(name_or_path: str | os.PathLike, suffix: str) -> Path:
                                 "reinstall it, or make them with `unlearnable train-surrogate`")
     raise UnlearnableError(f"unknown surrogate {str(name_or_path)!r}: shipped ones are {', '.join(shipped)}, "
                            "or give the path of a .pt file written by `unlearnable train-surrogate`")
-
-
-def surrogate_card(name: str = DEFAULT_NAME) -> dict:
-    """Metadata of a shipped surrogate without building the model (for manifests)."""
-    blob = torch.load(_resolve(name, WEIGHTS_SUFFIX), map_location="cpu", weights_only=True)
-    return json.loads(json.dumps(blob["meta"]))

@@ -182,7 +182,6 @@ def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         # phase 3: full-size outputs
         phase_t["search"] = time.perf_counter()
         search_info["phase_seconds"]["search"] = phase_t["search"] - phase_t["previews"]
-        eps_levels_8 = int(round(cfg.search.eps * 255))
 
         def finish(i: int) -> dict:
             p, h, _ = ready[i]
@@ -194,7 +193,6 @@ def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                 # recorded after every photo, so an interrupted run resumes from the last one written
                 _write_manifest(out, cfg, settings, smeta, weights_file, dev, entries, skipped, search_info, t_start)
                 emit("photo", {"done": i + 1, "total": len(ready), "entry": entries[ready[i][0].rel.as_posix()]})
-        search_info["eps_levels"] = eps_levels_8
         search_info["phase_seconds"]["write"] = time.perf_counter() - phase_t["search"]
     return _write_manifest(out, cfg, settings, smeta, weights_file, dev, entries, skipped, search_info, t_start)
 

@@ -25,7 +25,7 @@ from ..data.datasets import ImageTensors, balanced_subset, load_dataset
 from ..data.protected import write_json_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
-from ..train.loop import EpochRecord, TrainConfig, build_model, train
+from ..train.loop import TrainConfig, build_model, train
 from .io import discover, read_photo
 from .protect import PhotoProtectConfig, protect_photos
 from .scraper import scraper_pipeline
