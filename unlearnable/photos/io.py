@@ -323,15 +323,21 @@ def read_preview(path: Path, size: int, max_pixels: int = 150_000_000) -> np.nda
     return _guarded(path, lambda: _read_preview(path, size, max_pixels))
 
 
-def _read_preview(path: Path, size: int, max_pixels: int) -> np.ndarray:
-    with _Decoded(path, max_pixels, draft=(size, size)) as dec:
-        pixels, _, _, _ = _convert(dec, [])
-        orientation = _orientation(_safe_exif(dec.img))
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 1|3) uint8 or uint16 -> (H, W, 3) uint8: 16-bit rounded to the nearest 8-bit level,
+    grayscale replicated to three channels (what a model that expects RGB sees)."""
     if pixels.dtype == np.uint16:
         pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
-    small = Image.fromarray(np.ascontiguousarray(pixels)).resize(
+    return pixels
+
+
+def _read_preview(path: Path, size: int, max_pixels: int) -> np.ndarray:
+    with _Decoded(path, max_pixels, draft=(size, size)) as dec:
+        pixels, _, _, _ = _convert(dec, [])
+        orientation = _orientation(_safe_exif(dec.img))
+    small = Image.fromarray(np.ascontiguousarray(to_rgb8(pixels))).resize(
         (size, size), Image.Resampling.LANCZOS, reducing_gap=3.0
     )
     return np.ascontiguousarray(_orient(np.asarray(small), orientation))

@@ -119,8 +119,8 @@ def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     phase_t = {"start": time.perf_counter()}
     entries: dict[str, dict] = {}
     todo: list[tuple[PhotoFile, str]] = []
-    hashes = _parallel(lambda p: _safe(sha256_file, p.path), photos, cfg.workers)
-    for p, (h, err) in zip(photos, hashes):
+    hashed = _parallel(lambda p: _safe(sha256_file, p.path), photos, cfg.workers)
+    for p, (h, err) in zip(photos, hashed):
         rel = p.rel.as_posix()
         base = {"input": str(p.path), "output": rel, "label": p.label}
         if err:
@@ -199,29 +199,31 @@ def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
 
 def _protect_one(p: PhotoFile, in_hash: str, delta: torch.Tensor, out: Path, cfg: PhotoProtectConfig,
                  max_px: int) -> dict:
-    try:
-        photo = read_photo(p.path, max_pixels=max_px, keep_gps=cfg.keep_gps)
-        if sha256_file(p.path) != in_hash:
-            raise PhotoError("the file changed while it was being protected; run again")
-        pixels, worst = apply_noise(photo.pixels, delta)
-        target = out / p.rel
-        write_photo(target, photo, pixels, quality=cfg.quality)
-        max_level = float(np.iinfo(photo.pixels.dtype).max)
-        entry = {"status": "ok", "output_sha256": sha256_file(target), "width": photo.size[0],
-                 "height": photo.size[1], "format": photo.format, "source_mode": photo.source_mode,
-                 "channels": int(photo.pixels.shape[2]), "bit_depth": 16 if max_level > 255 else 8,
-                 "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
-                 "max_change_levels": worst, "max_change": worst / max_level,
-                 "notes": list(photo.notes)}
-        if cfg.metrics:
-            value = psnr(photo.pixels, pixels, data_range=max_level)
-            entry["psnr"] = value if np.isfinite(value) else None  # identical: no finite PSNR
-            entry["ssim"] = ssim(photo.pixels, pixels, data_range=max_level)
-        return entry
-    except PhotoError as e:
-        return {"status": "error", "error": str(e)}
-    except (OSError, ValueError, MemoryError) as e:
-        return {"status": "error", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    entry, err = _safe(_write_protected, p, in_hash, delta, out, cfg, max_px)
+    return {"status": "error", "error": err} if err else entry
+
+
+def _write_protected(p: PhotoFile, in_hash: str, delta: torch.Tensor, out: Path, cfg: PhotoProtectConfig,
+                     max_px: int) -> dict:
+    """Read one photo at full size, add its upsampled δ, write it, and measure it (manifest entry)."""
+    photo = read_photo(p.path, max_pixels=max_px, keep_gps=cfg.keep_gps)
+    if sha256_file(p.path) != in_hash:
+        raise PhotoError("the file changed while it was being protected; run again")
+    pixels, worst = apply_noise(photo.pixels, delta)
+    target = out / p.rel
+    write_photo(target, photo, pixels, quality=cfg.quality)
+    max_level = float(np.iinfo(photo.pixels.dtype).max)
+    entry = {"status": "ok", "output_sha256": sha256_file(target), "width": photo.size[0],
+             "height": photo.size[1], "format": photo.format, "source_mode": photo.source_mode,
+             "channels": int(photo.pixels.shape[2]), "bit_depth": 16 if max_level > 255 else 8,
+             "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
+             "max_change_levels": worst, "max_change": worst / max_level,
+             "notes": list(photo.notes)}
+    if cfg.metrics:
+        value = psnr(photo.pixels, pixels, data_range=max_level)
+        entry["psnr"] = value if np.isfinite(value) else None  # identical: no finite PSNR
+        entry["ssim"] = ssim(photo.pixels, pixels, data_range=max_level)
+    return entry
 
 
 def _write_manifest(out: Path, cfg: PhotoProtectConfig, settings: dict, smeta: dict, weights_file: Path | None,

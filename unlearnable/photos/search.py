@@ -19,6 +19,7 @@ paper; fewer PGD steps per round (10) and a round cap sized for a laptop CPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -101,11 +102,12 @@ def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: i
     cfg = config or PhotoSearchConfig()
     device = next(surrogate.parameters()).device
     k_ref = reference.num_classes
-    cfg.view.out_size = reference.images.shape[-1]
+    view = dataclasses.replace(cfg.view, out_size=reference.images.shape[-1])  # the surrogate's input size
     model = expand_head(surrogate, num_photo_classes).train()
     ref = reference.to(device)
     x = to_float(photos.to(device))
-    y = labels.to(device).long() + k_ref
+    photo_cls = labels.to(device).long()
+    y = photo_cls + k_ref
     n = len(x)
     gen = torch.Generator().manual_seed(cfg.seed)
     classwise = cfg.mode == "classwise"
@@ -117,7 +119,7 @@ def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: i
         return (x[idx] + d).clamp(0, 1)
 
     def d_of(idx: torch.Tensor) -> torch.Tensor:
-        return delta[labels.to(device)[idx]] if classwise else delta[idx]
+        return delta[photo_cls[idx]] if classwise else delta[idx]
 
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
@@ -127,7 +129,7 @@ def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: i
             ri = torch.randint(0, len(ref), (cfg.reference_batch,), generator=gen).to(device)
             pi = torch.randint(0, n, (cfg.photo_batch,), generator=gen).to(device)
             xr = random_crop_flip(to_float(ref.images[ri]), 4, gen)
-            xp = scraper_view(perturbed(pi, d_of(pi)), cfg.view, gen)
+            xp = scraper_view(perturbed(pi, d_of(pi)), view, gen)
             loss = F.cross_entropy(model(torch.cat([xr, xp])), torch.cat([ref.labels[ri], y[pi]]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,11 +145,11 @@ def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: i
             for b0 in range(0, n, cfg.pgd_batch):
                 idx = torch.arange(b0, min(n, b0 + cfg.pgd_batch), device=device)
                 d = d_of(idx).detach().requires_grad_(True)
-                loss = F.cross_entropy(model(scraper_view(perturbed(idx, d), cfg.view, gen)), y[idx],
+                loss = F.cross_entropy(model(scraper_view(perturbed(idx, d), view, gen)), y[idx],
                                        reduction="sum")
                 grad, = torch.autograd.grad(loss, d)
                 if classwise:  # one step per class: the summed gradient of its photos in this batch
-                    cls = labels.to(device)[idx]
+                    cls = photo_cls[idx]
                     g = torch.zeros_like(delta).index_add_(0, cls, grad)
                     present = torch.zeros(len(delta), dtype=torch.bool, device=device)
                     present[cls] = True
@@ -165,7 +167,7 @@ def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: i
             correct, total_loss = 0, 0.0
             for b0 in range(0, n, cfg.pgd_batch):
                 idx = torch.arange(b0, min(n, b0 + cfg.pgd_batch), device=device)
-                logits = model(scraper_view(perturbed(idx, d_of(idx)), cfg.view, gen))
+                logits = model(scraper_view(perturbed(idx, d_of(idx)), view, gen))
                 correct += int((logits.argmax(1) == y[idx]).sum())
                 total_loss += float(F.cross_entropy(logits, y[idx], reduction="sum"))
         log = PhotoRound(r + 1, correct / n, total_loss / n, time.perf_counter() - t0)

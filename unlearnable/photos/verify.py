@@ -25,8 +25,8 @@ from ..data.datasets import ImageTensors, balanced_subset, load_dataset
 from ..data.protected import write_json_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
-from ..train.loop import TrainConfig, build_model, train
-from .io import discover, read_photo
+from ..train.loop import TrainConfig, build_model, evaluate, train
+from .io import discover, read_photo, to_rgb8
 from .protect import PhotoProtectConfig, protect_photos
 from .scraper import scraper_pipeline
 
@@ -69,11 +69,7 @@ def _scraped(paths: list[Path], size: int, quality: int | None) -> torch.Tensor:
     """Photos through the scraper pipeline -> uint8 (N, 3, size, size)."""
     arrays = []
     for p in paths:
-        px = read_photo(p).pixels
-        if px.dtype != np.uint8:
-            px = (px.astype(np.float32) / 257.0).round().astype(np.uint8)
-        rgb = np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px
-        arrays.append(scraper_pipeline(rgb, size, quality))
+        arrays.append(scraper_pipeline(to_rgb8(read_photo(p).pixels), size, quality))
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -172,8 +168,7 @@ def _keep_classes(data: ImageTensors, keep: list[str]) -> ImageTensors:
     return ImageTensors(data.images[mask], remap[data.labels[mask]], list(keep), data.name)
 
 
-@torch.no_grad()
 def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dev: torch.device) -> float:
-    from ..train.loop import evaluate
-    return evaluate(model, ImageTensors(images, labels, [""] * (int(labels.max()) + 1)).to(dev))[0] \
-        if len(images) else float("nan")
+    if not len(images):
+        return float("nan")
+    return evaluate(model, ImageTensors(images, labels, [""] * (int(labels.max()) + 1)).to(dev))[0]
