@@ -175,8 +175,14 @@ def verify_cmd(
     lr: float = typer.Option(0.1),
     clean: bool = typer.Option(True, help="also train the clean baseline on the same images"),
     seed: int = typer.Option(0),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="dataset: JSON path (default PROTECTED/verify.json); "
-                                                     "photos: output folder (required)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder: dataset: report.html, "
+                                          "report.json, cells/ (default PROTECTED/verify; rerun to resume); photos: required"),
+    defenses: str = typer.Option("standard", help="dataset: defenses to train through, comma-separated or 'all': "
+                                 "standard,at,awp,cas,apl,tcr,jpeg,grayscale,cutout,mixup,cutmix"),
+    patterns: str = typer.Option("standard", help="dataset: defenses whose models get class-wise patterns "
+                                 "(comma-separated, 'all' or 'none')"),
+    at_steps: int = typer.Option(10, help="dataset: PGD steps when training at/awp/cas (8/255, step 2/255)"),
+    robust_images: int = typer.Option(1000, help="dataset: test images for PGD-20 robust accuracy (0: skip)"),
     holdout: float = typer.Option(0.25, help="photos: share of each class held out clean for testing"),
     reference: str = typer.Option("cifar10", help="photos: labelled dataset the victim also trains on"),
     reference_per_class: Optional[int] = typer.Option(None, help="photos: reference images per class "
@@ -188,13 +194,13 @@ def verify_cmd(
     data_root: Optional[Path] = typer.Option(None, help="where the clean/reference dataset is"),
     device: str = typer.Option("auto"),
 ) -> None:
-    """Check a protection by training fresh victims. On a protect-dataset output: victims on the
-    protected and the clean data, clean test accuracy. On a photo folder: hold out some photos clean,
+    """Check a protection by training fresh victims. On a protect-dataset output: a matrix of victims
+    × defenses, each trained on the protected and on the clean data; clean test accuracy, robust
+    accuracy and class-wise patterns in report.html + report.json. On a photo folder: hold out some photos clean,
     protect the rest, train victims (reference set + photos, scraper pipeline) and report how many
     held-out photos each still recognises."""
     from unlearnable.data.protected import MANIFEST as DATASET_MANIFEST
     from unlearnable.train.loop import TrainConfig
-    from unlearnable.verify import REPORT, verify_protected
 
     if protected.is_dir() and not (protected / DATASET_MANIFEST).exists():
         with user_errors():
@@ -206,33 +212,50 @@ def verify_cmd(
     arch = arch or "resnet18"
     epochs = epochs or 60
     with user_errors():
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        with _progress() as progress:
-            ep_task = progress.add_task("epochs", total=epochs)
-            b_task = progress.add_task("batches", total=None)
+        _verify_matrix(protected, output or protected / "verify", _split(arch), defenses, patterns,
+                       TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), clean, at_steps,
+                       robust_images, data_root, device)
 
-            def on_run(a: str, data: str) -> None:
-                progress.reset(ep_task, total=epochs, description=f"{a} on {data}")
 
-            def on_epoch(rec) -> None:
-                progress.advance(ep_task)
-                progress.console.print(f"  epoch {rec.epoch:3d}  train acc {rec.train_acc:6.2%}  "
-                                       f"clean test acc {rec.test_acc:6.2%}")
+def _verify_matrix(protected: Path, output: Path, archs: list[str], defenses: str, patterns: str, train_cfg,
+                   clean: bool, at_steps: int, robust_images: int, data_root: Optional[Path], device: str) -> None:
+    from unlearnable.defended import REPORT_HTML, REPORT_JSON, MatrixConfig, verify_defenses
 
-            def on_batch(done: int, total: int) -> None:
-                progress.update(b_task, completed=done, total=total)
+    cfg = MatrixConfig(archs=archs, defenses=_split(defenses), train=train_cfg, include_clean=clean,
+                       at_steps=at_steps, robust_images=robust_images, patterns_for=_split(patterns))
+    epochs = train_cfg.epochs
+    with _progress() as progress:
+        cell_task = progress.add_task("models", total=None)
+        ep_task = progress.add_task("epochs", total=epochs)
+        b_task = progress.add_task("batches", total=None)
 
-            report = verify_protected(protected, _split(arch), cfg, device, data_root, clean, output,
-                                      on_run=on_run, on_epoch=on_epoch, on_batch=on_batch)
+        def on_cell(key: str, i: int, total: int, reused: bool) -> None:
+            progress.update(cell_task, completed=i - 1, total=total, description="models")
+            progress.reset(ep_task, total=epochs, description=key)
+            if reused:
+                progress.console.print(f"{key}: finished earlier, reused")
+
+        def on_epoch(rec) -> None:
+            progress.advance(ep_task)
+            progress.console.print(f"  epoch {rec.epoch:3d}  train acc {rec.train_acc:6.2%}  "
+                                   f"clean test acc {rec.test_acc:6.2%}  ({rec.seconds:.0f}s)")
+
+        def on_batch(done: int, total: int) -> None:
+            progress.update(b_task, completed=done, total=total)
+
+        report = verify_defenses(protected, output, cfg, device, data_root, on_cell, on_epoch, on_batch)
     table = Table(title=f"clean test accuracy of victims trained on {report['dataset']} "
                         f"({report['mode']}, ε={report['eps'] * 255:.3g}/255)")
-    for col in ("arch", "trained on", "final", "peak (epoch)", "train acc"):
+    for col in ("victim", "defense", "clean final", "protected final", "protected peak", "recovered", "verdict"):
         table.add_column(col)
-    for r in report["runs"]:
-        table.add_row(r["arch"], r["train_data"], f"{r['final_test_acc']:.2%}",
-                      f"{r['peak_test_acc']:.2%} ({r['peak_epoch']})", f"{r['final_train_acc']:.2%}")
+    for r in report["summary"]:
+        cl, pr = r.get("clean") or {}, r.get("protected") or {}
+        fmt = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
+        table.add_row(r["arch"], r["defense"], fmt(cl.get("final_test_acc")), fmt(pr.get("final_test_acc")),
+                      fmt(pr.get("peak_test_acc")), "–" if r.get("recovered") is None else f"{r['recovered']:.2f}",
+                      r.get("verdict") or "–")
     Console().print(table)
-    console.print(f"report: {output or protected / REPORT}")
+    console.print(f"report: {output / REPORT_HTML} and {output / REPORT_JSON}")
 
 
 def _verify_photos(folder: Path, output: Optional[Path], arch: str, train_cfg, holdout: float, reference: str,

@@ -32,14 +32,21 @@ def test_protect_dataset_then_verify(cifar_root, tmp_path):
     r = runner.invoke(app, ["protect-dataset", "cifar10", "-o", str(out), "--data-root", str(cifar_root), *FAST])
     assert r.exit_code == 0, r.output
 
-    r = runner.invoke(app, ["verify", str(out), "--arch", "smallcnn", "--epochs", "1", "--batch-size", "50"])
+    r = runner.invoke(app, ["verify", str(out), "--arch", "smallcnn", "--epochs", "1", "--batch-size", "50",
+                            "--defenses", "standard,grayscale", "--patterns", "none", "--robust-images", "20"])
     assert r.exit_code == 0, r.output
-    report = json.loads((out / "verify.json").read_text())
-    assert [(x["arch"], x["train_data"]) for x in report["runs"]] == [("smallcnn", "clean"), ("smallcnn", "protected")]
-    for run in report["runs"]:
+    report = json.loads((out / "verify" / "report.json").read_text())
+    assert [(x["arch"], x["defense"], x["train_data"]) for x in report["cells"]] == [
+        ("smallcnn", "standard", "clean"), ("smallcnn", "standard", "protected"),
+        ("smallcnn", "grayscale", "clean"), ("smallcnn", "grayscale", "protected")]
+    for run in report["cells"]:
         assert 0 <= run["final_test_acc"] <= run["peak_test_acc"] <= 1
-        assert len(run["history"]) == 1
-    assert "peak" in r.output and "protected" in r.output
+        assert len(run["history"]) == 1 and 0 <= run["robust_acc"] <= 1
+    assert (out / "verify" / "report.html").exists()
+    assert "report" in r.output and "epoch" in r.output
+
+    r = runner.invoke(app, ["verify", str(out), "--defenses", "standard,nonsense", "--epochs", "1"])
+    assert r.exit_code == 2 and "unknown defense" in r.output
 
 
 def test_classwise_cli(cifar_root, tmp_path):

@@ -96,3 +96,24 @@ class AWPStep(AdversarialStep):
         finally:
             add_weights(model, v, -1.0)
         return out
+
+
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = 8 / 255,
+                    alpha: float = 2 / 255, steps: int = 20, batch_size: int = 500, seed: int = 0) -> float:
+    """Accuracy in [0, 1] under PGD-``steps`` (L∞ ``eps``, random start) on float images (N, C, H, W)
+    in [0, 1]; the standard white-box robustness readout (PGD-20 as in the AWP paper's tables)."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    correct = 0
+    try:
+        for s in range(0, len(images), batch_size):
+            x = images[s:s + batch_size].to(device)
+            y = labels[s:s + batch_size].to(device)
+            adv = PGD(model, eps, alpha, steps, random_start=True, generator=gen)(x, y)
+            with torch.no_grad(), autocast(device):
+                correct += (model(adv).float().argmax(1) == y).sum().item()
+    finally:
+        model.train(was)
+    return correct / max(len(images), 1)

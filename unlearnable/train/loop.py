@@ -58,7 +58,11 @@ class EpochRecord:
 
 class StepFn(Protocol):
     """Does one update on a float batch x (B, C, H, W) in [0, 1] with labels y (B,);
-    returns the (detached) mean loss and logits used for the train-accuracy readout."""
+    returns the (detached) mean loss and logits used for the train-accuracy readout.
+
+    Optional protocol: a step with ``uses_index = True`` is also given ``index=`` (B,), the
+    batch's positions in the training set (per-sample state such as TCR's targets), and a step
+    with an ``end_epoch(epoch)`` method is told when each epoch (1-based) ends."""
 
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -174,11 +178,16 @@ def train(model: nn.Module, train_set: ImageTensors, test_set: ImageTensors | No
             if cfg.augment:
                 x = random_crop_flip(x, 4, gen)
             y = data.labels[idx]
-            loss, logits = step(model, opt, x, y)
+            if getattr(step, "uses_index", False):
+                loss, logits = step(model, opt, x, y, index=idx)
+            else:
+                loss, logits = step(model, opt, x, y)
             loss_sum += loss * len(idx)
             correct += (logits.argmax(1) == y).sum()
             if on_batch:
                 on_batch(i + 1, steps)
+        if hasattr(step, "end_epoch"):
+            step.end_epoch(epoch + 1)
         test_loss = test_acc = None
         if test_set is not None:
             test_acc, test_loss = evaluate(model, test_set, cfg.eval_batch_size)
