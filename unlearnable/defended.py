@@ -53,6 +53,8 @@ class MatrixConfig:
     patterns_for: list[str] = field(default_factory=lambda: ["standard"])   # defenses whose models get patterns
     pattern: PatternConfig = field(default_factory=PatternConfig)
     pattern_share: float = 0.2       # share of the test set per class searched on (the authors' 20 %)
+    test_subset: int | None = None   # evaluate on a class-balanced subset of the test set (None: all of it)
+    tcr_warmup_epochs: int = 1       # label-only epochs before TCR starts calibrating (paper: 1)
 
     def __post_init__(self) -> None:
         self.defenses = parse_defenses(self.defenses)
@@ -90,15 +92,17 @@ def class_noise(delta: np.ndarray | torch.Tensor, labels: torch.Tensor, num_clas
 
 
 def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, test_set: ImageTensors,
-             cfg: MatrixConfig, device: torch.device, dataset: str, canvases: dict[str, torch.Tensor],
-             pattern_set: tuple[torch.Tensor, torch.Tensor], noise: torch.Tensor | None,
+             cfg: MatrixConfig, device: torch.device, dataset: str, canvases: dict[str, torch.Tensor] | None = None,
+             pattern_set: tuple[torch.Tensor, torch.Tensor] | None = None, noise: torch.Tensor | None = None,
              on_epoch: Callable[[EpochRecord], None] | None = None,
              on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
-    """Train one cell; returns (JSON record, tensors for the report: pattern images)."""
+    """Train one cell (also usable alone, e.g. on clean or label-noisy data); returns (JSON record,
+    tensors for the report: pattern images). Patterns need ``canvases`` and ``pattern_set``."""
     tc = cfg.train
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], tc.seed, device)
     ctx = DefenseContext(model, len(train_set), train_set.num_classes, dataset, tc.epochs, tc.grad_clip, tc.seed,
-                         cfg.at_eps, cfg.at_steps, cfg.at_alpha, torch.Generator().manual_seed(tc.seed + 1))
+                         cfg.at_eps, cfg.at_steps, cfg.at_alpha, cfg.tcr_warmup_epochs,
+                         torch.Generator().manual_seed(tc.seed + 1))
     step = build_step(defense, ctx)
     t0 = time.perf_counter()
     history = train(model, train_set, test_set, tc, step=step, on_epoch=on_epoch, on_batch=on_batch)
@@ -112,7 +116,7 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
                                             cfg.robust_steps, seed=tc.seed)
         rec["robust_eval"] = {"images": n, "eps": cfg.at_eps, "steps": cfg.robust_steps, "alpha": cfg.at_alpha}
     tensors: dict = {}
-    if defense in cfg.patterns_for:
+    if defense in cfg.patterns_for and canvases and pattern_set is not None:
         px, py = pattern_set
         rec["patterns"] = {}
         for kind, canv in canvases.items():
@@ -146,6 +150,8 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     root = data_root or manifest.get("data_root")
     dataset = manifest["dataset"]
     test = load_dataset(dataset, "test", root)
+    if cfg.test_subset and cfg.test_subset < len(test):
+        test = test.subset(balanced_subset(test.labels, cfg.test_subset, cfg.train.seed))
     clean = load_dataset(dataset, "train", root).subset(torch.from_numpy(protected.meta["indices"]))
     if not torch.equal(clean.labels, protected.labels):
         raise UnlearnableError(f"{protected_dir}: labels do not match {dataset} at the recorded indices")
@@ -167,11 +173,16 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     plan = [(a, d, s) for a in cfg.archs for d in cfg.defenses for s in sets]
     for i, (arch, defense, data_name) in enumerate(plan):
         key = cell_key(arch, defense, data_name)
-        fp = _fingerprint({"arch": arch, "defense": defense, "data": data_name, "data_id": data_id,
+        # a clean cell without patterns does not depend on the protection: it can be shared between
+        # matrices over the same images (copy its cells/*.json)
+        shared = data_name == "clean" and defense not in cfg.patterns_for
+        fp = _fingerprint({"arch": arch, "defense": defense, "data": data_name,
+                           "data_id": {"dataset": dataset, "indices": data_id["indices"]} if shared else data_id,
                            "train": asdict(cfg.train), "at": [cfg.at_eps, cfg.at_steps, cfg.at_alpha],
+                           "tcr_warmup": cfg.tcr_warmup_epochs if defense == "tcr" else None,
                            "robust": [cfg.robust_images, cfg.robust_steps],
                            "patterns": asdict(cfg.pattern) if defense in cfg.patterns_for else None,
-                           "pattern_share": cfg.pattern_share})
+                           "pattern_share": cfg.pattern_share, "test_subset": cfg.test_subset})
         path = out / "cells" / f"{key}.json"
         tpath = out / "cells" / f"{key}.pt"
         done = path.exists() and json.loads(path.read_text()).get("fingerprint") == fp

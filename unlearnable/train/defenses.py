@@ -76,6 +76,7 @@ class DefenseContext:
     eps: float = 8 / 255          # PGD radius of the adversarial defenses (ε in [0, 1] units)
     pgd_steps: int = 10
     pgd_alpha: float = 2 / 255
+    tcr_warmup_epochs: int = 1    # label-only epochs before TCR calibrates (paper: 1)
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
 
@@ -110,7 +111,8 @@ def _apl(c: DefenseContext) -> StepFn:
 
 
 def _tcr(c: DefenseContext) -> StepFn:
-    return TCRStep(c.num_samples, c.num_classes, squeeze_from=max(2, c.epochs // 2), grad_clip=c.grad_clip)
+    return TCRStep(c.num_samples, c.num_classes, squeeze_from=max(2, c.epochs // 2), grad_clip=c.grad_clip,
+                   warmup_epochs=c.tcr_warmup_epochs)
 
 
 DEFENSES: dict[str, Defense] = {d.name: d for d in [
