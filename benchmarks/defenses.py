@@ -115,7 +115,7 @@ def label_noise(out: Path, c: dict, data_root, dev) -> dict:
             results[d] = json.loads(path.read_text())
             continue
         log(f"label noise 40%: {d}")
-        rec, _ = run_cell(c["matrix_arch"], d, "noisy40", noisy, test, cfg, dev, "cifar10",
+        rec, _, _ = run_cell(c["matrix_arch"], d, "noisy40", noisy, test, cfg, dev, "cifar10",
                           on_epoch=lambda r: log(f"    epoch {r.epoch}: train {r.train_acc:.3f} test {r.test_acc:.3f}"))
         path.write_text(json.dumps(rec))
         results[d] = rec

@@ -87,3 +87,15 @@ def test_verify_on_a_path_that_is_not_protected(tmp_path):
 def test_verify_photo_folder_needs_an_output_folder(tmp_path):
     r = runner.invoke(app, ["verify", str(tmp_path)])
     assert r.exit_code == 2 and "--output" in r.output.replace("\n", "")
+
+
+def test_train_a_defense_on_noisy_clean_data(cifar_root, tmp_path):
+    r = runner.invoke(app, ["train", "cifar10", "--defense", "tcr", "--arch", "smallcnn", "--epochs", "2",
+                            "--batch-size", "50", "--label-noise", "0.4", "--robust-images", "20",
+                            "--data-root", str(cifar_root), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "m.json").read_text())
+    assert rec["defense"] == "tcr" and rec["label_noise"] == 0.4 and len(rec["history"]) == 2
+    assert 0 <= rec["robust_acc"] <= 1 and (tmp_path / "m.pt").exists()
+    r = runner.invoke(app, ["train", "cifar10", "--defense", "awp2", "--data-root", str(cifar_root)])
+    assert r.exit_code == 2 and "unknown defense" in r.output

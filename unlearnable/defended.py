@@ -95,9 +95,10 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
              cfg: MatrixConfig, device: torch.device, dataset: str, canvases: dict[str, torch.Tensor] | None = None,
              pattern_set: tuple[torch.Tensor, torch.Tensor] | None = None, noise: torch.Tensor | None = None,
              on_epoch: Callable[[EpochRecord], None] | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+             on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, dict, torch.nn.Module]:
     """Train one cell (also usable alone, e.g. on clean or label-noisy data); returns (JSON record,
-    tensors for the report: pattern images). Patterns need ``canvases`` and ``pattern_set``."""
+    tensors for the report: pattern images, the trained model). Patterns need ``canvases`` and
+    ``pattern_set``."""
     tc = cfg.train
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], tc.seed, device)
     ctx = DefenseContext(model, len(train_set), train_set.num_classes, dataset, tc.epochs, tc.grad_clip, tc.seed,
@@ -129,7 +130,7 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
             rec["patterns"]["noise"] = {"predictive_power": power.tolist(),
                                         "mean_predictive_power": float(power.mean())}
     rec["seconds_total"] = time.perf_counter() - t0
-    return rec, tensors
+    return rec, tensors, model
 
 
 def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike, config: MatrixConfig | None = None,
@@ -192,7 +193,7 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
             rec = json.loads(path.read_text())
             cell_tensors = torch.load(tpath) if tpath.exists() else {}
         else:
-            rec, cell_tensors = run_cell(arch, defense, data_name, sets[data_name], test, cfg, dev, dataset,
+            rec, cell_tensors, _ = run_cell(arch, defense, data_name, sets[data_name], test, cfg, dev, dataset,
                                          canvases, pattern_set, noise, on_epoch, on_batch)
             rec["fingerprint"] = fp
             if cell_tensors:
@@ -242,3 +243,44 @@ def summarize_matrix(cells: list[dict], num_classes: int) -> list[dict]:
             r["verdict"] = None if r["recovered"] is None else ("broken" if r["recovered"] >= 0.5 else "holds")
         out.append(r)
     return out
+
+
+def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig | None = None,
+                   subset: int | None = None, label_noise: float = 0.0, noise_kind: str = "symmetric",
+                   device: str = "auto", data_root: str | os.PathLike | None = None,
+                   on_epoch: Callable[[EpochRecord], None] | None = None,
+                   on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, torch.nn.Module]:
+    """Train one model through a defense on a (clean) dataset or a ``protect-dataset`` folder,
+    optionally with injected label noise; returns (record with clean and robust test accuracy, model)."""
+    from dataclasses import replace
+
+    from .data.label_noise import asymmetric_noise_cifar10, symmetric_noise
+
+    cfg = config or MatrixConfig(archs=[arch], defenses=[defense], patterns_for=["none"])
+    dev = resolve_device(device)
+    if Path(dataset).is_dir() and (Path(dataset) / "protected.json").exists():
+        train_set, manifest = load_protected(dataset)
+        name = manifest["dataset"]
+        data_root = data_root or manifest.get("data_root")
+    else:
+        name = dataset
+        train_set = load_dataset(dataset, "train", data_root)
+    test = load_dataset(name, "test", data_root)
+    if subset:
+        train_set = train_set.subset(balanced_subset(train_set.labels, subset, cfg.train.seed))
+    if cfg.test_subset and cfg.test_subset < len(test):
+        test = test.subset(balanced_subset(test.labels, cfg.test_subset, cfg.train.seed))
+    if label_noise:
+        if noise_kind == "symmetric":
+            labels = symmetric_noise(train_set.labels, train_set.num_classes, label_noise, cfg.train.seed)
+        elif noise_kind == "asymmetric" and name == "cifar10":
+            labels = asymmetric_noise_cifar10(train_set.labels, label_noise, cfg.train.seed)
+        else:
+            raise UnlearnableError(f"label noise {noise_kind!r} is not defined for {name} "
+                                   "(symmetric, or asymmetric on cifar10)")
+        train_set = replace(train_set, labels=labels)
+    rec, _, model = run_cell(arch, parse_defenses([defense])[0], name, train_set, test, cfg, dev, name,
+                             on_epoch=on_epoch, on_batch=on_batch)
+    rec.update(dataset=str(dataset), label_noise=label_noise, noise_kind=noise_kind if label_noise else None,
+               train_images=len(train_set), test_images=len(test))
+    return rec, model
