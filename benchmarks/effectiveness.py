@@ -27,7 +27,7 @@ from unlearnable.device import resolve_device
 from unlearnable.noise.error_minimizing import MinMinConfig
 from unlearnable.protect import protect_dataset
 from unlearnable.train.loop import TrainConfig
-from unlearnable.verify import verify_protected
+from unlearnable.defended import MatrixConfig, verify_defenses
 
 CONFIGS = {
     "cpu": {"subset": 10_000, "surrogate": "smallcnn", "victims": ["smallcnn", "vgg11-narrow"],
@@ -66,11 +66,13 @@ def main() -> int:
         print(f"  epoch {r.epoch}: train {r.train_acc:.4f} test {r.test_acc:.4f} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
 
     t1 = time.perf_counter()
-    report = verify_protected(out, victims, TrainConfig(epochs=epochs), str(dev), args.data_root,
-                              on_run=lambda a, d: print(f"{a} on {d}", file=sys.stderr, flush=True),
-                              on_epoch=log_epoch)
+    matrix = MatrixConfig(archs=victims, defenses=["standard"], train=TrainConfig(epochs=epochs),
+                          robust_images=0, patterns_for=["none"])
+    report = verify_defenses(out, f"{out}/verify", matrix, str(dev), args.data_root,
+                             on_cell=lambda key, i, n, reused: print(key, file=sys.stderr, flush=True),
+                             on_epoch=log_epoch)
     victims_out = {}
-    for r in report["runs"]:
+    for r in report["cells"]:
         v = victims_out.setdefault(r["arch"], {})
         v[f"{r['train_data']}_final_test_acc"] = r["final_test_acc"]
         v[f"{r['train_data']}_peak_test_acc"] = r["peak_test_acc"]

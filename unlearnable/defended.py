@@ -30,7 +30,6 @@ from .patterns import PatternConfig, classwise_patterns, noise_predictive_power
 from .train.adversarial import robust_accuracy
 from .train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses
 from .train.loop import EpochRecord, TrainConfig, build_model, prepare_batch, train
-from .verify import summarize_run
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -64,6 +63,18 @@ class MatrixConfig:
             raise UnlearnableError("give at least one victim architecture")
         if not 0 < self.pattern_share <= 1:
             raise UnlearnableError("pattern_share must be in (0, 1]")
+
+
+def summarize_run(arch: str, data: str, history: list[EpochRecord], seconds: float) -> dict:
+    """A training run as a record: final and peak clean test accuracy (early stopping is itself a
+    defence, so the peak matters), final training accuracy, and every epoch."""
+    accs = [r.test_acc for r in history if r.test_acc is not None]
+    return {"arch": arch, "train_data": data, "epochs": len(history),
+            "final_test_acc": accs[-1] if accs else None,
+            "peak_test_acc": max(accs) if accs else None,
+            "peak_epoch": (accs.index(max(accs)) + 1) if accs else None,
+            "final_train_acc": history[-1].train_acc if history else None,
+            "seconds": seconds, "history": [asdict(r) for r in history]}
 
 
 def cell_key(arch: str, defense: str, data: str) -> str:
@@ -228,7 +239,8 @@ def summarize_matrix(cells: list[dict], num_classes: int) -> list[dict]:
     """One row per (arch, defense): clean and protected accuracy and whether the protection held.
     ``recovered`` = (protected peak − chance) / (clean peak − chance): 0 means the protected model
     learned nothing beyond chance, 1 as much as the clean one. The protection is called *broken*
-    by that defense when it recovers at least half (a stated rule, not a tuned threshold)."""
+    by that defense when it recovers at least half (a stated rule, not a tuned threshold). No verdict
+    when the clean model itself is within 10 points of chance: there is nothing to recover."""
     chance = 1.0 / num_classes
     rows: dict[tuple[str, str], dict] = {}
     for c in cells:
@@ -239,7 +251,7 @@ def summarize_matrix(cells: list[dict], num_classes: int) -> list[dict]:
         cl, pr = r.get("clean"), r.get("protected")
         if cl and pr and cl["peak_test_acc"] is not None and pr["peak_test_acc"] is not None:
             gap = cl["peak_test_acc"] - chance
-            r["recovered"] = (pr["peak_test_acc"] - chance) / gap if gap > 0 else None
+            r["recovered"] = (pr["peak_test_acc"] - chance) / gap if gap >= 0.1 else None
             r["verdict"] = None if r["recovered"] is None else ("broken" if r["recovered"] >= 0.5 else "holds")
         out.append(r)
     return out

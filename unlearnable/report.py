@@ -97,12 +97,13 @@ def render_report(report: dict, assets: dict) -> str:
            f"ε = {eps * 255:.3g}/255)</h1>",
            f"<p class='muted'>{report['train_images']} protected training images, {report['test_images']} clean test "
            f"images; surrogate {esc(str(report.get('surrogate')))}; device {esc(report['device'])}; "
-           f"{report['train_config']['epochs']} epochs per model, lr {report['train_config']['lr']}, "
+           f"{report['train_config']['epochs']} epoch(s) per model, lr {report['train_config']['lr']}, "
            f"batch {report['train_config']['batch_size']}. Accuracy is on the clean test set. "
            f"Robust accuracy: PGD-{report['cells'][0].get('robust_eval', {}).get('steps', '–') if cells else '–'} "
            f"at ε = {report['matrix']['at']['eps'] * 255:.3g}/255. "
            "“Recovered” = (protected peak − chance) / (clean peak − chance); the protection counts as "
-           "<b>broken</b> by a defense when it recovers at least half.</p>"]
+           "<b>broken</b> by a defense when it recovers at least half (no verdict when the clean model is within "
+           "10 points of chance).</p>"]
 
     out.append("<h2>Summary</h2><table id='summary'><thead><tr><th class='l'>victim</th><th class='l'>defense</th>"
                "<th>clean final</th><th>clean peak</th><th>protected final</th><th>protected peak</th>"
@@ -127,7 +128,8 @@ def render_report(report: dict, assets: dict) -> str:
     out.append("<h2>Learning curves</h2><p class='muted'>Solid: clean test accuracy; dashed: training accuracy "
                "(on the data the model trained on). <span style='color:#1f77b4'>Blue: trained on clean "
                "images</span>, <span style='color:#d62728'>red: trained on protected images</span>. A protected "
-               "model with high training but low test accuracy learned the noise, not the images.</p><div class='curves'>")
+               "model with high training but low test accuracy learned the noise, not the images. (CAS trains with the "
+               "true class's channel mask, so its training accuracy reads high by construction.)</p><div class='curves'>")
     for arch in report["matrix"]["archs"]:
         for d in report["matrix"]["defenses"]:
             series = {s: by_key[(arch, d, s)]["history"] for s in report["matrix"]["data"] if (arch, d, s) in by_key}

@@ -67,7 +67,8 @@ def attach_cas(model: nn.Module, layer: str | None = None, input_shape: tuple[in
 
 class CASStep:
     """One update with the CAS loss CE(f(x), y) + β CE(h(x), y); with ``adversarial`` the update is
-    on PGD examples crafted against the CAS model (its test-time mask)."""
+    on PGD examples crafted against the CAS model (its test-time mask). The logits it returns come
+    from the true-label mask, so a training-accuracy readout from them is optimistic."""
 
     def __init__(self, cas: CAS, adversarial: AdversarialStep | None = None, beta: float = 2.0,
                  grad_clip: float | None = None) -> None:
