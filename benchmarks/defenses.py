@@ -35,7 +35,7 @@ from unlearnable.defended import MatrixConfig, run_cell, verify_defenses
 from unlearnable.device import resolve_device
 from unlearnable.noise.error_minimizing import MinMinConfig
 from unlearnable.protect import protect_dataset
-from unlearnable.train.defenses import DEFENSES
+from unlearnable.train.defenses import parse_defenses
 from unlearnable.train.loop import TrainConfig
 
 CONFIGS = {
@@ -130,7 +130,8 @@ def main() -> int:
     p.add_argument("--out", default="defenses-bench", help="work folder (reruns resume from it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--parts", default="samplewise,classwise,families,label-noise")
+    p.add_argument("--parts", default="samplewise,classwise,label-noise,families")
+    p.add_argument("--defenses", default="all", help="matrix defenses, in the order they are trained")
     args = p.parse_args()
     c = CONFIGS[args.config]
     dev = resolve_device(args.device)
@@ -141,7 +142,7 @@ def main() -> int:
     result: dict = {"benchmark": "defenses", "config": args.config, "dataset": "cifar10",
                     "subset_size": c["subset"] or 50_000, "test_size": c["test_subset"] or 10_000,
                     "epochs": c["epochs"], "train_pgd": {"steps": c["at_steps"], "alpha": c["at_alpha"]}, "robust_eval": "PGD-20, eps 8/255, step 2/255, 1000 test images"}
-    defenses = list(DEFENSES)
+    defenses = parse_defenses(args.defenses)
     for mode in ("samplewise", "classwise"):
         if mode not in parts:
             continue
