@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .data.datasets import ImageTensors, balanced_subset, load_dataset
-from .data.protected import load_protected, write_json_atomic
+from .data.protected import MANIFEST, load_protected, write_json_atomic
 from .device import resolve_device
 from .errors import UnlearnableError
 from .patterns import PatternConfig, classwise_patterns, noise_predictive_power
@@ -75,6 +75,14 @@ def summarize_run(arch: str, data: str, history: list[EpochRecord], seconds: flo
             "peak_epoch": (accs.index(max(accs)) + 1) if accs else None,
             "final_train_acc": history[-1].train_acc if history else None,
             "seconds": seconds, "history": [asdict(r) for r in history]}
+
+
+def load_test(dataset: str, root: str | os.PathLike | None, cfg: MatrixConfig) -> ImageTensors:
+    """The clean test set, or its class-balanced ``cfg.test_subset``."""
+    test = load_dataset(dataset, "test", root)
+    if cfg.test_subset and cfg.test_subset < len(test):
+        test = test.subset(balanced_subset(test.labels, cfg.test_subset, cfg.train.seed))
+    return test
 
 
 def cell_key(arch: str, defense: str, data: str) -> str:
@@ -161,9 +169,7 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     protected, manifest = load_protected(protected_dir)
     root = data_root or manifest.get("data_root")
     dataset = manifest["dataset"]
-    test = load_dataset(dataset, "test", root)
-    if cfg.test_subset and cfg.test_subset < len(test):
-        test = test.subset(balanced_subset(test.labels, cfg.test_subset, cfg.train.seed))
+    test = load_test(dataset, root, cfg)
     clean = load_dataset(dataset, "train", root).subset(torch.from_numpy(protected.meta["indices"]))
     if not torch.equal(clean.labels, protected.labels):
         raise UnlearnableError(f"{protected_dir}: labels do not match {dataset} at the recorded indices")
@@ -270,18 +276,16 @@ def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig |
 
     cfg = config or MatrixConfig(archs=[arch], defenses=[defense], patterns_for=["none"])
     dev = resolve_device(device)
-    if Path(dataset).is_dir() and (Path(dataset) / "protected.json").exists():
+    if Path(dataset).is_dir() and (Path(dataset) / MANIFEST).exists():
         train_set, manifest = load_protected(dataset)
         name = manifest["dataset"]
         data_root = data_root or manifest.get("data_root")
     else:
         name = dataset
         train_set = load_dataset(dataset, "train", data_root)
-    test = load_dataset(name, "test", data_root)
+    test = load_test(name, data_root, cfg)
     if subset:
         train_set = train_set.subset(balanced_subset(train_set.labels, subset, cfg.train.seed))
-    if cfg.test_subset and cfg.test_subset < len(test):
-        test = test.subset(balanced_subset(test.labels, cfg.test_subset, cfg.train.seed))
     if label_noise:
         if noise_kind == "symmetric":
             labels = symmetric_noise(train_set.labels, train_set.num_classes, label_noise, cfg.train.seed)
