@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import autocast
+from .loop import StandardStep
 
 
 def squeeze(p: torch.Tensor, gamma: float = 1.1) -> torch.Tensor:
@@ -73,17 +73,10 @@ class TCRStep:
             if self.squeeze_from is not None and self.epoch >= self.squeeze_from:
                 prev = squeeze(prev, self.gamma)
         targets = tcr_targets(y, prev, self.k, self.beta)
-        with autocast(x.device):
-            logits = model(x)
-        logits = logits.float()
-        loss = soft_cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-        optimizer.step()
-        self.current[index] = logits.detach().softmax(1)
-        return loss.detach(), logits.detach()
+        update = StandardStep(lambda logits, _: soft_cross_entropy(logits, targets), self.grad_clip)
+        loss, logits = update(model, optimizer, x, y)
+        self.current[index] = logits.float().softmax(1)
+        return loss, logits
 
     def end_epoch(self, epoch: int) -> None:
         """The predictions recorded this epoch become next epoch's calibration."""
