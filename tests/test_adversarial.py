@@ -58,3 +58,11 @@ def test_awp_changes_the_update_and_gamma_zero_is_plain_at():
     AdversarialStep(generator=torch.Generator().manual_seed(2))(m2, o2, x, y)
     for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_awp_defense_uses_the_at_awp_gamma_unless_told():
+    from unlearnable.train.defenses import DefenseContext, build_step
+
+    model = create_model("smallcnn", num_classes=10)
+    assert build_step("awp", DefenseContext(model, 10, 10)).gamma == 1e-2      # AT-AWP's γ
+    assert build_step("awp", DefenseContext(model, 10, 10, awp_gamma=5e-3)).gamma == 5e-3   # TRADES-AWP's

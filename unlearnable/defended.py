@@ -47,6 +47,7 @@ class MatrixConfig:
     at_eps: float = 8 / 255          # PGD radius of AT/AWP/CAS training and of the robust readout
     at_steps: int = 10               # PGD steps while training (AT/AWP/CAS)
     at_alpha: float = 2 / 255
+    awp_gamma: float = 1e-2          # AWP's relative weight perturbation (AT-AWP's γ)
     robust_images: int = 1000        # clean test images for PGD-20 robust accuracy (0: skip)
     robust_steps: int = 20
     patterns_for: list[str] = field(default_factory=lambda: ["standard"])   # defenses whose models get patterns
@@ -122,7 +123,7 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], tc.seed, device)
     ctx = DefenseContext(model, len(train_set), train_set.num_classes, dataset, tc.epochs, tc.grad_clip, tc.seed,
                          cfg.at_eps, cfg.at_steps, cfg.at_alpha, cfg.tcr_warmup_epochs,
-                         torch.Generator().manual_seed(tc.seed + 1))
+                         torch.Generator().manual_seed(tc.seed + 1), cfg.awp_gamma)
     step = build_step(defense, ctx)
     t0 = time.perf_counter()
     history = train(model, train_set, test_set, tc, step=step, on_epoch=on_epoch, on_batch=on_batch)
@@ -200,7 +201,8 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
                            "tcr_warmup": cfg.tcr_warmup_epochs if defense == "tcr" else None,
                            "robust": [cfg.robust_images, cfg.robust_steps],
                            "patterns": asdict(cfg.pattern) if defense in cfg.patterns_for else None,
-                           "pattern_share": cfg.pattern_share, "test_subset": cfg.test_subset})
+                           "pattern_share": cfg.pattern_share, "test_subset": cfg.test_subset,
+                           **({"awp_gamma": cfg.awp_gamma} if defense == "awp" else {})})
         path = out / "cells" / f"{key}.json"
         tpath = out / "cells" / f"{key}.pt"
         done = path.exists() and json.loads(path.read_text()).get("fingerprint") == fp

@@ -10,8 +10,8 @@ perturbation layer-wise and relative to the weights, ‖v_l‖ ≤ γ ‖w_l‖.
 official code: copy w into a proxy, take one SGD step (lr 0.01) *ascending* the adversarial loss
 on the proxy, set v_l = γ ‖w_l‖ · d_l / ‖d_l‖ with d the proxy's change (multi-dimensional
 weights only; BN and biases untouched), update the model at w + v, then subtract v again.
-γ = 5e-3 is the official TRADES-AWP default (``--awp-gamma 0.005``); ``warmup_steps`` delays
-AWP (the TRADES-AWP script waits 10 epochs; AT-AWP starts at once).
+γ = 1e-2 is the AT-AWP setting (the official AT-AWP script's ``--awp-gamma 0.01``, no warm-up);
+TRADES-AWP uses γ = 5e-3 and waits 10 epochs, which ``gamma`` and ``warmup_steps`` reproduce.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def add_weights(model: nn.Module, v: dict[str, torch.Tensor], sign: float = 1.0)
 class AWPStep(AdversarialStep):
     """AT-AWP: PGD examples, then the update taken at adversarially perturbed weights w + v."""
 
-    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, gamma: float = 5e-3,
+    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, gamma: float = 1e-2,
                  proxy_lr: float = 0.01, warmup_steps: int = 0, grad_clip: float | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(eps, alpha, steps, grad_clip, generator)

@@ -5,7 +5,7 @@ through it. All of them run on the one training loop (``unlearnable.train.loop.t
 ======== ================================================================================
 standard empirical risk minimisation, cross-entropy
 at       PGD adversarial training (Madry et al.), ε 8/255, step 2/255, 10 steps
-awp      AT + Adversarial Weight Perturbation (arXiv 2004.05884), γ = 5e-3
+awp      AT + Adversarial Weight Perturbation (arXiv 2004.05884), γ = 1e-2 (AT-AWP's)
 cas      AT + Channel-wise Activation Suppressing (arXiv 2103.08307), β = 2
 apl      Active Passive Loss NCE+RCE (arXiv 2006.13554), the paper's α, β for the dataset
 tcr      Temporal Calibrated Regularization (arXiv 2007.00240), β = 0.1, γ = 1.1
@@ -77,6 +77,7 @@ class DefenseContext:
     pgd_alpha: float = 2 / 255
     tcr_warmup_epochs: int = 1    # label-only epochs before TCR calibrates (paper: 1)
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    awp_gamma: float = 1e-2       # AWP's relative weight-perturbation size (AT-AWP: 1e-2; TRADES-AWP: 5e-3)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _at(c: DefenseContext) -> StepFn:
 
 
 def _awp(c: DefenseContext) -> StepFn:
-    return AWPStep(c.eps, c.pgd_alpha, c.pgd_steps, grad_clip=c.grad_clip, generator=c.generator)
+    return AWPStep(c.eps, c.pgd_alpha, c.pgd_steps, c.awp_gamma, grad_clip=c.grad_clip, generator=c.generator)
 
 
 def _cas(c: DefenseContext) -> StepFn:
