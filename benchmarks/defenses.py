@@ -16,7 +16,13 @@ cpu: balanced 5,000-image subset of CIFAR-10 train (500 per class), balanced 2,0
      configs: SGD lr 0.01, momentum 0.9, weight decay 1e-4, cosine, 120 epochs, batch 128,
      gradient norm bound 5); besides clean test accuracy it reports how many of the wrong labels
      each model fits (memorisation, measured on the un-augmented training images).
-gpu: full CIFAR-10, ResNet-18 everywhere, 60 epochs, PGD-10 training (the papers' settings).
+     Robust generalisation (``--parts awp``): AT vs AT-AWP (γ = 1e-2) on the clean 5,000 images,
+     30 epochs with the step schedule (×0.1 at 50 % and 75 %, the AWP paper's 100/150 of 200),
+     PGD-3 training; PGD-10 robust accuracy on 500 test images every 3 epochs and PGD-20 on
+     1,000 at the end, to see AWP's claim (it flattens the weight-loss landscape and so shrinks
+     the robust overfitting after the learning-rate drop).
+gpu: full CIFAR-10, ResNet-18 everywhere, 60 epochs, PGD-10 training (the papers' settings);
+     AT vs AWP 200 epochs as in the AWP paper.
 """
 from __future__ import annotations
 
@@ -44,10 +50,10 @@ from unlearnable.train.loop import TrainConfig, evaluate
 CONFIGS = {
     "cpu": {"subset": 5_000, "test_subset": 2_000, "surrogate": "smallcnn", "matrix_arch": "smallcnn",
             "family_archs": ["vgg11-narrow", "resnet18-narrow"], "epochs": 10, "at_steps": 3, "at_alpha": 3 / 255,
-            "noise_epochs": 120, "max_rounds": 30},
+            "noise_epochs": 120, "max_rounds": 30, "awp_epochs": 30},
     "gpu": {"subset": None, "test_subset": None, "surrogate": "resnet18", "matrix_arch": "resnet18",
             "family_archs": ["vgg16", "wrn16-4"], "epochs": 60, "at_steps": 10, "at_alpha": 2 / 255,
-            "noise_epochs": 120, "max_rounds": 200},
+            "noise_epochs": 120, "max_rounds": 200, "awp_epochs": 200},
 }
 
 
@@ -139,13 +145,65 @@ def label_noise(out: Path, c: dict, data_root, dev) -> dict:
             for d, r in results.items()}
 
 
+def robust_generalisation(out: Path, c: dict, data_root, dev) -> dict:
+    """AT vs AT-AWP on clean data, long enough for robust overfitting: robust accuracy per 3 epochs."""
+    from unlearnable.data.datasets import balanced_subset
+    from unlearnable.train.adversarial import robust_accuracy
+    from unlearnable.train.defenses import DefenseContext, build_step
+    from unlearnable.train.loop import build_model, prepare_batch, train
+
+    train_set = load_dataset("cifar10", "train", data_root)
+    test = load_dataset("cifar10", "test", data_root)
+    if c["subset"]:
+        train_set = train_set.subset(balanced_subset(train_set.labels, c["subset"], 0))
+    if c["test_subset"]:
+        test = test.subset(balanced_subset(test.labels, c["test_subset"], 0))
+    cfg = TrainConfig(epochs=c["awp_epochs"], schedule="multistep")
+    x_probe, y_probe = prepare_batch(test.images[:500].to(dev)), test.labels[:500]
+    x_final, y_final = prepare_batch(test.images[:1000].to(dev)), test.labels[:1000]
+    results = {}
+    for d in ("at", "awp"):
+        path = out / f"robust-generalisation-{d}.json"
+        settings = {"train": cfg.__dict__, "pgd_train": [c["at_steps"], c["at_alpha"]]}
+        if path.exists() and json.loads(path.read_text()).get("settings") == json.loads(json.dumps(settings)):
+            results[d] = json.loads(path.read_text())
+            continue
+        log(f"robust generalisation: {d}")
+        model = build_model(c["matrix_arch"], 10, 3, cfg.seed, dev)
+        step = build_step(d, DefenseContext(model, len(train_set), 10, "cifar10", cfg.epochs, cfg.grad_clip, cfg.seed,
+                                            pgd_steps=c["at_steps"], pgd_alpha=c["at_alpha"],
+                                            generator=torch.Generator().manual_seed(cfg.seed + 1)))
+        curve = []
+
+        def on_epoch(r) -> None:
+            row = {"epoch": r.epoch, "train_acc": r.train_acc, "test_acc": r.test_acc}
+            if r.epoch % 3 == 0 or r.epoch == cfg.epochs:
+                row["robust_acc_pgd10"] = robust_accuracy(model, x_probe, y_probe, steps=10)
+            curve.append(row)
+            log(f"    epoch {r.epoch}: train {r.train_acc:.3f} test {r.test_acc:.3f} "
+                f"robust {row.get('robust_acc_pgd10', float('nan')):.3f}")
+
+        t0 = time.perf_counter()
+        train(model, train_set, test, cfg, step=step, on_epoch=on_epoch)
+        robust = [r["robust_acc_pgd10"] for r in curve if "robust_acc_pgd10" in r]
+        rec = {"settings": settings, "curve": curve, "final_test_acc": curve[-1]["test_acc"],
+               "final_robust_pgd10": robust[-1], "best_robust_pgd10": max(robust),
+               "final_robust_pgd20": robust_accuracy(model, x_final, y_final, steps=20),
+               "minutes": (time.perf_counter() - t0) / 60}
+        path.write_text(json.dumps(rec))
+        results[d] = rec
+    return {d: {k: v for k, v in r.items() if k not in ("curve", "settings")} |
+            {"robust_curve_pgd10": [(r_["epoch"], r_["robust_acc_pgd10"]) for r_ in r["curve"] if "robust_acc_pgd10" in r_]}
+            for d, r in results.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
     p.add_argument("--out", default="defenses-bench", help="work folder (reruns resume from it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--parts", default="samplewise,classwise,label-noise,families")
+    p.add_argument("--parts", default="samplewise,classwise,label-noise,families,awp")
     p.add_argument("--defenses", default="all", help="matrix defenses, in the order they are trained")
     args = p.parse_args()
     c = CONFIGS[args.config]
@@ -185,6 +243,8 @@ def main() -> int:
                         shutil.copy(f, fout / "cells" / f.name)
             report = matrix(prot, fout, c["family_archs"], ["standard"], c, args.data_root, dev, patterns=["none"])
             result.setdefault("families", {})[mode] = table(report)
+    if "awp" in parts:
+        result["robust_generalisation"] = robust_generalisation(out, c, args.data_root, dev)
     if "label-noise" in parts:
         result["label_noise_40_symmetric"] = label_noise(out, c, args.data_root, dev)
     result.update(total_seconds=time.perf_counter() - t0, device=str(dev),
