@@ -3,7 +3,7 @@ victims through every defense on the protected and the clean images, and check t
 clean data (robust accuracy of AT/AWP/CAS; APL and TCR against 40 % symmetric label noise).
 Prints one JSON object on stdout; every matrix cell is cached under --out, so reruns resume.
 
-    python benchmarks/defenses.py --config cpu          # about 1.5 h on 2 cores, run it alone
+    python benchmarks/defenses.py --config cpu          # about 4 h on 2 cores, run it alone
 
 cpu: balanced 5,000-image subset of CIFAR-10 train (500 per class), balanced 2,000-image subset
      of the test set, SmallCNN surrogate (class-wise noise searched on 20 % of the subset, as in
