@@ -10,8 +10,9 @@ perturbation layer-wise and relative to the weights, ‖v_l‖ ≤ γ ‖w_l‖.
 official code: copy w into a proxy, take one SGD step (lr 0.01) *ascending* the adversarial loss
 on the proxy, set v_l = γ ‖w_l‖ · d_l / ‖d_l‖ with d the proxy's change (multi-dimensional
 weights only; BN and biases untouched), update the model at w + v, then subtract v again.
-γ = 1e-2 is the AT-AWP setting (the official AT-AWP script's ``--awp-gamma 0.01``, no warm-up);
-TRADES-AWP uses γ = 5e-3 and waits 10 epochs, which ``gamma`` and ``warmup_steps`` reproduce.
+γ = 1e-2 with no warm-up is the AT-AWP setting (``--awp-gamma=0.01 --awp-warmup=0`` in public
+reruns of the authors' AT-AWP script, which is not in our reference index); TRADES-AWP uses
+γ = 5e-3 (the official TRADES-AWP script's default) and waits 10 epochs: ``gamma``, ``warmup_steps``.
 """
 from __future__ import annotations
 
