@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from unlearnable.data.datasets import load_dataset
+from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.data.label_noise import symmetric_noise
 from unlearnable.data.protected import read_manifest
 from unlearnable.defended import MatrixConfig, run_cell, verify_defenses
@@ -101,16 +101,20 @@ def table(report: dict) -> dict:
     return rows
 
 
-def label_noise(out: Path, c: dict, data_root, dev) -> dict:
-    """CE vs APL vs TCR on 40 % symmetric label noise (clean test set)."""
-    from unlearnable.data.datasets import balanced_subset
-
+def clean_subsets(c: dict, data_root):
+    """The configuration's class-balanced CIFAR-10 train and test subsets (the matrix's images)."""
     train = load_dataset("cifar10", "train", data_root)
     test = load_dataset("cifar10", "test", data_root)
-    if c["test_subset"]:
-        test = test.subset(balanced_subset(test.labels, c["test_subset"], 0))
     if c["subset"]:
         train = train.subset(balanced_subset(train.labels, c["subset"], 0))
+    if c["test_subset"]:
+        test = test.subset(balanced_subset(test.labels, c["test_subset"], 0))
+    return train, test
+
+
+def label_noise(out: Path, c: dict, data_root, dev) -> dict:
+    """CE vs APL vs TCR on 40 % symmetric label noise (clean test set)."""
+    train, test = clean_subsets(c, data_root)
     noisy = replace(train, labels=symmetric_noise(train.labels, 10, 0.4, seed=0))
     wrong = noisy.labels != train.labels
     cfg = MatrixConfig(archs=[c["matrix_arch"]], defenses=["standard", "apl", "tcr"],
@@ -147,17 +151,11 @@ def label_noise(out: Path, c: dict, data_root, dev) -> dict:
 
 def robust_generalisation(out: Path, c: dict, data_root, dev) -> dict:
     """AT vs AT-AWP on clean data, long enough for robust overfitting: robust accuracy per 3 epochs."""
-    from unlearnable.data.datasets import balanced_subset
     from unlearnable.train.adversarial import robust_accuracy
     from unlearnable.train.defenses import DefenseContext, build_step
     from unlearnable.train.loop import build_model, prepare_batch, train
 
-    train_set = load_dataset("cifar10", "train", data_root)
-    test = load_dataset("cifar10", "test", data_root)
-    if c["subset"]:
-        train_set = train_set.subset(balanced_subset(train_set.labels, c["subset"], 0))
-    if c["test_subset"]:
-        test = test.subset(balanced_subset(test.labels, c["test_subset"], 0))
+    train_set, test = clean_subsets(c, data_root)
     cfg = TrainConfig(epochs=c["awp_epochs"], schedule="multistep")
     x_probe, y_probe = prepare_batch(test.images[:500].to(dev)), test.labels[:500]
     x_final, y_final = prepare_batch(test.images[:1000].to(dev)), test.labels[:1000]
