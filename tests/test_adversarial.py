@@ -49,7 +49,7 @@ def test_awp_changes_the_update_and_gamma_zero_is_plain_at():
     loss, logits = AWPStep(gamma=1e-2, generator=torch.Generator().manual_seed(1))(model, opt, x, y)
     AdversarialStep(generator=torch.Generator().manual_seed(1))(at_model, at_opt, x, y)
     assert torch.isfinite(loss) and logits.shape == (16, 3)
-    gap = sum(float((p - q).abs().sum()) for p, q in zip(model.parameters(), at_model.parameters()))
+    gap = sum(float((p - q).detach().abs().sum()) for p, q in zip(model.parameters(), at_model.parameters()))
     assert gap > 0  # the gradient was taken at w + v, not at w
     # γ = 0 reduces AWP to plain adversarial training (same PGD draws, same update)
     m1, o1, _, _ = _setup()
