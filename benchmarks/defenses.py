@@ -40,7 +40,7 @@ import torch
 from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.data.label_noise import symmetric_noise
 from unlearnable.data.protected import read_manifest
-from unlearnable.defended import MatrixConfig, run_cell, verify_defenses
+from unlearnable.defended import MatrixConfig, load_test, run_cell, verify_defenses
 from unlearnable.device import resolve_device
 from unlearnable.noise.error_minimizing import MinMinConfig
 from unlearnable.protect import protect_dataset
@@ -104,19 +104,16 @@ def table(report: dict) -> dict:
 def clean_subsets(c: dict, data_root):
     """The configuration's class-balanced CIFAR-10 train and test subsets (the matrix's images)."""
     train = load_dataset("cifar10", "train", data_root)
-    test = load_dataset("cifar10", "test", data_root)
     if c["subset"]:
         train = train.subset(balanced_subset(train.labels, c["subset"], 0))
-    if c["test_subset"]:
-        test = test.subset(balanced_subset(test.labels, c["test_subset"], 0))
-    return train, test
+    return train, load_test("cifar10", data_root, MatrixConfig(test_subset=c["test_subset"]))
 
 
 def label_noise(out: Path, c: dict, data_root, dev) -> dict:
     """CE vs APL vs TCR on 40 % symmetric label noise (clean test set)."""
     train, test = clean_subsets(c, data_root)
     noisy = replace(train, labels=symmetric_noise(train.labels, 10, 0.4, seed=0))
-    wrong = noisy.labels != train.labels
+    wrong = (noisy.labels != train.labels).nonzero().squeeze(1)
     cfg = MatrixConfig(archs=[c["matrix_arch"]], defenses=["standard", "apl", "tcr"],
                        train=TrainConfig(epochs=c["noise_epochs"], lr=0.01, weight_decay=1e-4),
                        robust_images=0, patterns_for=["none"],
@@ -129,15 +126,16 @@ def label_noise(out: Path, c: dict, data_root, dev) -> dict:
     results = {}
     for d in cfg.defenses:
         path = out / f"label-noise-{d}.json"
-        if path.exists() and json.loads(path.read_text()).get("recipe") == recipe:
-            results[d] = json.loads(path.read_text())
+        cached = json.loads(path.read_text()) if path.exists() else {}
+        if cached.get("recipe") == recipe:
+            results[d] = cached
             continue
         log(f"label noise 40%: {d}")
         rec, _, model = run_cell(c["matrix_arch"], d, "noisy40", noisy, test, cfg, dev, "cifar10",
                               on_epoch=lambda r: log(f"    epoch {r.epoch}: train {r.train_acc:.3f} test {r.test_acc:.3f}"))
         # memorisation: the share of wrongly labelled training images predicted as their wrong label
-        rec["wrong_labels_fitted"], _ = evaluate(model, noisy.subset(wrong.nonzero().squeeze(1)))
-        rec["true_labels_of_wrong_recovered"], _ = evaluate(model, train.subset(wrong.nonzero().squeeze(1)))
+        rec["wrong_labels_fitted"], _ = evaluate(model, noisy.subset(wrong))
+        rec["true_labels_of_wrong_recovered"], _ = evaluate(model, train.subset(wrong))
         rec["recipe"] = recipe
         path.write_text(json.dumps(rec))
         results[d] = rec
@@ -163,8 +161,9 @@ def robust_generalisation(out: Path, c: dict, data_root, dev) -> dict:
     for d in ("at", "awp"):
         path = out / f"robust-generalisation-{d}.json"
         settings = {"train": cfg.__dict__, "pgd_train": [c["at_steps"], c["at_alpha"]]}
-        if path.exists() and json.loads(path.read_text()).get("settings") == json.loads(json.dumps(settings)):
-            results[d] = json.loads(path.read_text())
+        cached = json.loads(path.read_text()) if path.exists() else {}
+        if cached.get("settings") == json.loads(json.dumps(settings)):
+            results[d] = cached
             continue
         log(f"robust generalisation: {d}")
         model = build_model(c["matrix_arch"], 10, 3, cfg.seed, dev)
