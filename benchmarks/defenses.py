@@ -2,15 +2,26 @@
 victims through every defense on the protected and the clean images, and check the defenses on
 clean data (robust accuracy of AT/AWP/CAS; APL and TCR against 40 % symmetric label noise).
 Prints one JSON object on stdout; every matrix cell is cached under --out, so reruns resume.
+The clean cells that do not depend on the protection are trained first (the matrix reuses them),
+so a partial run already tells whether each defense's clean model learns; ``--finished-only``
+trains nothing and reports what has finished (the clean cells alone while the protection runs).
 
-    python benchmarks/defenses.py --config cpu          # about 4 h on 2 cores, run it alone
+    python benchmarks/defenses.py --config cpu          # hours on 2 cores, run it alone
+    python benchmarks/defenses.py --config cpu --finished-only   # the figures finished so far
 
 cpu: balanced 5,000-image subset of CIFAR-10 train (500 per class), balanced 2,000-image subset
      of the test set, SmallCNN surrogate (class-wise noise searched on 20 % of the subset, as in
      the paper), victims SmallCNN for the whole defense matrix, VGG-11/4 and ResNet-18/4 (two
-     more families) for standard training, 10 epochs each. AT/AWP/CAS train with PGD-3 (ε 8/255,
-     step 3/255) instead of the papers' PGD-10 (step 2/255) to fit the CPU budget; robust
-     accuracy is always PGD-20 (step 2/255) on 1,000 test images. Label noise: 40 % symmetric
+     more families) for standard training, 10 epochs each. 10 % of each class of the training
+     subset is held out as validation (the same images for the clean and the protected run; each
+     run validates on the held-out part of what it trains on) and every model is scored at its
+     validation-chosen epoch; recoveries against the same-defense and the standard clean model.
+     Each defense trains with its paper's recipe where it differs from the shared one
+     (``unlearnable.defended.PAPER_RECIPES``: APL lr 0.01, wd 1e-4; AT/AWP ×0.1 at 50 % and 75 %,
+     no clipping). AT/AWP/CAS train with PGD-3 (ε 8/255, step 3/255) instead of the papers'
+     PGD-10 (step 2/255) to fit the CPU budget; the robust readout has its own settings
+     (``MatrixConfig.robust_*``, label written from them): PGD-20, ε 8/255, step 2/255, random
+     start, on 1,000 test images. Label noise: 40 % symmetric
      (the label always changes) on the same 5,000 images, SmallCNN, CE vs APL (NCE+RCE,
      α = β = 1) vs TCR (β = 0.1), all three with the APL paper's CIFAR-10 recipe (official
      configs: SGD lr 0.01, momentum 0.9, weight decay 1e-4, cosine, 120 epochs, batch 128,
@@ -40,7 +51,7 @@ import torch
 from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.data.label_noise import symmetric_noise
 from unlearnable.data.protected import read_manifest
-from unlearnable.defended import MatrixConfig, load_test, run_cell, verify_defenses
+from unlearnable.defended import MatrixConfig, clean_cells, load_test, robust_settings, run_cell, verify_defenses
 from unlearnable.device import resolve_device
 from unlearnable.noise.error_minimizing import MinMinConfig
 from unlearnable.protect import protect_dataset
@@ -74,30 +85,60 @@ def protected_dir(out: Path, mode: str, c: dict, data_root, dev) -> Path:
 
 
 def matrix(prot: Path, out: Path, archs: list[str], defenses: list[str], c: dict, data_root, dev,
-           patterns: list[str] = ["standard"]) -> dict:
-    cfg = MatrixConfig(archs=archs, defenses=defenses, train=TrainConfig(epochs=c["epochs"]),
-                       at_steps=c["at_steps"], at_alpha=c["at_alpha"], test_subset=c["test_subset"],
-                       patterns_for=patterns)
+           patterns: list[str] = ["standard"], only_finished: bool = False) -> dict:
+    cfg = matrix_config(c, archs, defenses, patterns)
     return verify_defenses(prot, out, cfg, str(dev), data_root,
                            on_cell=lambda k, i, n, reused: log(f"[{i}/{n}] {k}{' (cached)' if reused else ''}"),
                            on_epoch=lambda r: log(f"    epoch {r.epoch}: train {r.train_acc:.3f} test {r.test_acc:.3f} "
-                                                  f"({r.seconds:.0f}s)"))
+                                                  f"({r.seconds:.0f}s)"), only_finished=only_finished)
+
+
+def matrix_config(c: dict, archs: list[str] | None = None, defenses: list[str] | None = None,
+                  patterns: list[str] = ["standard"]) -> MatrixConfig:
+    """The matrix settings of configuration ``c`` (paper recipes, validation split, robust readout: defaults)."""
+    return MatrixConfig(archs=archs or [c["matrix_arch"]], defenses=defenses or ["standard"],
+                        train=TrainConfig(epochs=c["epochs"]), at_steps=c["at_steps"], at_alpha=c["at_alpha"],
+                        test_subset=c["test_subset"], patterns_for=patterns)
 
 
 def table(report: dict) -> dict:
+    """One row per (arch, defense): chosen-epoch, final and oracle-peak accuracy, both recoveries, verdict."""
     rows = {}
     for r in report["summary"]:
         cl, pr = r.get("clean") or {}, r.get("protected") or {}
         rows[f"{r['arch']}/{r['defense']}"] = {
-            "clean_final": cl.get("final_test_acc"), "clean_peak": cl.get("peak_test_acc"),
-            "protected_final": pr.get("final_test_acc"), "protected_peak": pr.get("peak_test_acc"),
+            "clean_chosen": cl.get("chosen_test_acc"), "clean_chosen_epoch": cl.get("chosen_epoch"),
+            "clean_final": cl.get("final_test_acc"), "clean_test_peak_oracle": cl.get("peak_test_acc"),
+            "protected_chosen": pr.get("chosen_test_acc"), "protected_chosen_epoch": pr.get("chosen_epoch"),
+            "protected_final": pr.get("final_test_acc"), "protected_test_peak_oracle": pr.get("peak_test_acc"),
             "clean_robust": cl.get("robust_acc"), "protected_robust": pr.get("robust_acc"),
-            "recovered": r.get("recovered"), "verdict": r.get("verdict")}
+            "standard_clean": r.get("standard_clean_acc"),
+            "recovered_vs_same": r.get("recovered_vs_same"), "recovered_vs_standard": r.get("recovered_vs_standard"),
+            "verdict": r.get("verdict"), "reason": r.get("reason")}
     for cell in report["cells"]:
         if cell.get("patterns"):
             key = f"{cell['arch']}/{cell['defense']}"
             rows[key][f"patterns_{cell['train_data']}"] = {k: v["mean_predictive_power"]
                                                            for k, v in cell["patterns"].items()}
+    return rows
+
+
+def finished_clean_cells(mout: Path) -> dict:
+    """The clean cells finished so far (before the protection exists), as summary rows."""
+    rows = {}
+    for f in sorted((mout / "cells").glob("*--clean.json")):
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        rows[f"{r['arch']}/{r['defense']}"] = {
+            "chosen_test_acc": r.get("chosen_test_acc"), "chosen_epoch": r.get("chosen_epoch"),
+            "final_test_acc": r.get("final_test_acc"), "test_peak_oracle": r.get("peak_test_acc"),
+            "robust_acc": r.get("robust_acc"), "robust_eval": (r.get("robust_eval") or {}).get("label"),
+            "recipe": r.get("recipe"), "train_images": r.get("train_images"), "val_images": r.get("val_images"),
+            "minutes": round(r["seconds_total"] / 60, 1) if r.get("seconds_total") else None,
+            "val_curve": [h.get("val_acc") for h in r.get("history", [])],
+            "test_curve": [h.get("test_acc") for h in r.get("history", [])]}
     return rows
 
 
@@ -116,7 +157,7 @@ def label_noise(out: Path, c: dict, data_root, dev) -> dict:
     wrong = (noisy.labels != train.labels).nonzero().squeeze(1)
     cfg = MatrixConfig(archs=[c["matrix_arch"]], defenses=["standard", "apl", "tcr"],
                        train=TrainConfig(epochs=c["noise_epochs"], lr=0.01, weight_decay=1e-4),
-                       robust_images=0, patterns_for=["none"],
+                       robust_n=0, patterns_for=["none"], recipes={},   # all three share APL's recipe
                        # as many label-only updates before TCR calibrates as the paper's first epoch
                        # (391 on 50k images), so the subset's smaller epochs do not starve it
                        tcr_warmup_epochs=max(1, round(50_000 / len(train))))
@@ -202,6 +243,8 @@ def main() -> int:
     p.add_argument("--data-root", default=None)
     p.add_argument("--parts", default="samplewise,classwise,label-noise,families,awp")
     p.add_argument("--defenses", default="all", help="matrix defenses, in the order they are trained")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: report the matrix cells finished so far (a partial run's figures)")
     args = p.parse_args()
     c = CONFIGS[args.config]
     dev = resolve_device(args.device)
@@ -211,23 +254,48 @@ def main() -> int:
     t0 = time.perf_counter()
     result: dict = {"benchmark": "defenses", "config": args.config, "dataset": "cifar10",
                     "subset_size": c["subset"] or 50_000, "test_size": c["test_subset"] or 10_000,
-                    "epochs": c["epochs"], "train_pgd": {"steps": c["at_steps"], "alpha": c["at_alpha"]}, "robust_eval": "PGD-20, eps 8/255, step 2/255, 1000 test images"}
+                    "epochs": c["epochs"], "train_pgd": {"steps": c["at_steps"], "alpha": c["at_alpha"]}}
+    mc = matrix_config(c)
+    result["robust_eval"] = robust_settings(mc)
+    result["matrix_settings"] = {"val_share": mc.val_share, "chance_margin": mc.chance_margin,
+                                 "recipe_overrides": mc.recipes, "shared_recipe": mc.train.__dict__}
     defenses = parse_defenses(args.defenses)
     for mode in ("samplewise", "classwise"):
         if mode not in parts:
             continue
+        if not args.finished_only:
+            # the clean cells that do not depend on the protection first (same images, settings and
+            # fingerprints, so the matrix below reuses them): the same work in a more useful order,
+            # since a partial run then already says whether each defense's clean model learns
+            src = load_dataset("cifar10", "train", args.data_root)
+            idx = balanced_subset(src.labels, c["subset"], MinMinConfig().seed) if c["subset"] else None
+            clean_cells("cifar10", idx if idx is not None else range(len(src)), out / f"verify-{mode}",
+                        matrix_config(c, [c["matrix_arch"]], defenses), str(dev), args.data_root,
+                        on_cell=lambda k, i, n, reused: log(f"[clean {i}/{n}] {k}{' (cached)' if reused else ''}"),
+                        on_epoch=lambda r: log(f"    epoch {r.epoch}: train {r.train_acc:.3f} val {r.val_acc:.3f} "
+                                               f"test {r.test_acc:.3f} ({r.seconds:.0f}s)"))
+        mout = out / f"verify-{mode}"
+        if args.finished_only:
+            try:
+                read_manifest(out / f"protected-{mode}")
+            except Exception:
+                result[mode] = {"status": "protection not finished", "clean_cells": finished_clean_cells(mout)}
+                continue
         prot = protected_dir(out, mode, c, args.data_root, dev)
         m = read_manifest(prot)
-        mout = out / f"verify-{mode}"
         if mode == "classwise" and (out / "verify-samplewise" / "cells").exists():
             # clean cells without patterns are the same images and settings: reuse them
             (mout / "cells").mkdir(parents=True, exist_ok=True)
             for f in (out / "verify-samplewise" / "cells").glob("*--clean.json"):
                 if not (mout / "cells" / f.name).exists():
                     shutil.copy(f, mout / "cells" / f.name)
-        report = matrix(prot, mout, [c["matrix_arch"]], defenses, c, args.data_root, dev)
+        report = matrix(prot, mout, [c["matrix_arch"]], defenses, c, args.data_root, dev,
+                        only_finished=args.finished_only)
         result[mode] = {"rounds": m["rounds"], "converged": m["converged"],
                         "final_surrogate_acc": m["final_surrogate_acc"], "generation_seconds": m["generation_seconds"],
+                        "noise_settings": m.get("settings"), "protected_created": m.get("created"),
+                        "cells_finished": len(report["cells"]), "cells_missing": report["cells_missing"],
+                        "verdict_text": report["verdict_text"],
                         "table": table(report), "report": str(mout / "report.html")}
     if "families" in parts:
         for mode in ("samplewise", "classwise"):

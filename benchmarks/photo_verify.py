@@ -6,7 +6,9 @@ person's folder of photos of one subject. ``unlearnable verify`` semantics then 
 is held out clean, the rest is protected with the defaults, and two fresh victims train on the
 other nine CIFAR-10 classes (``--per-class`` training images each, as many as the protected
 photos, so that the photo class is not a minority the unprotected victim could ignore) plus the photos as a tenth
-class, through the scraper pipeline (resize to 32, JPEG q75, crop + flip). Prints the report JSON.
+class, through the scraper pipeline (resize to 32, JPEG q75, crop + flip). Prints the report JSON
+(with the verdict: ``unlearnable.photos.verify.photo_verdict``); ``--out DIR`` keeps the protected
+photos and the HTML report (``DIR/verify/report.html``), otherwise they go with a temp folder.
 
     python benchmarks/photo_verify.py [--cls automobile] [--photos 400] [--epochs 20] [--arch resnet18-narrow]
 """
@@ -57,9 +59,15 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="keep the exported photos, protected copies and report.html here "
+                                                "(a new folder; default: a temp folder, removed)")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.out and Path(args.out).exists():
+        ap.error(f"--out {args.out} exists: give a new folder")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.out:
+            tmp = args.out
         folder = export_class(Path(tmp) / "photos", args.cls, args.photos, args.photo_size, args.data_root)
         cfg = PhotoVerifyConfig(
             holdout=args.holdout, reference="cifar10", reference_per_class=args.per_class,

@@ -12,6 +12,7 @@ class WideBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
+        self.act1 = nn.ReLU()  # a module (no parameters) so CAS can hook the pre-activation
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
@@ -20,7 +21,7 @@ class WideBlock(nn.Module):
             self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
+        o = self.act1(self.bn1(x))
         short = x if self.shortcut is None else self.shortcut(o)
         o = self.conv1(o)
         o = self.conv2(F.relu(self.bn2(o)))
@@ -44,9 +45,10 @@ class WideResNet(nn.Module):
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(cin)
+        self.act = nn.ReLU()
         self.linear = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = self.blocks(self.conv1(x))
-        o = F.relu(self.bn(o))
+        o = self.act(self.bn(o))
         return self.linear(F.adaptive_avg_pool2d(o, 1).flatten(1))

@@ -105,3 +105,31 @@ def test_balanced_subset_is_balanced_and_seeded():
     assert torch.bincount(labels[a]).tolist() == [20] * 10
     assert torch.equal(a, balanced_subset(labels, 200, seed=1))
     assert not torch.equal(a, balanced_subset(labels, 200, seed=2))
+
+
+def test_imagefolder_keeps_relative_paths_nested_folders_and_orientation(tmp_path):
+    (tmp_path / "cats" / "2019").mkdir(parents=True)
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (6, 4), (10, 20, 30)).save(tmp_path / "cats" / "b.jpg", quality=100)
+    Image.new("L", (6, 4), 77).save(tmp_path / "cats" / "2019" / "a.png")           # grayscale among colour
+    rotated = Image.new("RGB", (4, 6), (200, 0, 0))                                    # stored 4 wide, 6 high...
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                                   # ...shown rotated: 6 x 4
+    rotated.save(tmp_path / "dogs" / "r.png", exif=exif)
+    (tmp_path / "dogs" / "anim.gif").write_bytes(b"GIF89a")
+    (tmp_path / "dogs" / ".DS_Store").write_bytes(b"x")
+    ds = load_imagefolder(tmp_path)
+    assert ds.classes == ["cats", "dogs"]
+    assert ds.meta["files"] == ["cats/2019/a.png", "cats/b.jpg", "dogs/r.png"]      # relative, nested, sorted
+    assert ds.meta["sizes"] == [(4, 6)] * 3 and ds.images.shape == (3, 3, 4, 6)       # upright, all RGB
+    assert ds.images[0].unique().tolist() == [77]                                      # gray replicated
+    assert [f for f, _ in ds.meta["skipped"]] == ["dogs/anim.gif"]                     # reported, hidden ignored
+    assert ds.labels.tolist() == [0, 0, 1]
+
+
+def test_imagefolder_corrupt_file_names_it(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UnlearnableError, match="broken.png"):
+        load_imagefolder(tmp_path)

@@ -81,3 +81,28 @@ def test_shape_mismatch_raises():
         psnr(a, a[..., :2])
     with pytest.raises(ValueError):
         ssim(a[:8, :8], a[:8, :8])  # smaller than the 11x11 window
+
+
+def test_ssim_defined_exactly_from_11_pixels():
+    a = data.astronaut()
+    assert not metrics.ssim_defined(10, 4000) and not metrics.ssim_defined(4000, 10) and not metrics.ssim_defined(1, 1)
+    assert metrics.ssim_defined(11, 11)
+    assert ssim(a[:11, :11], noisy(a[:11, :11], 8)) == pytest.approx(skimage_ssim(a[:11, :11], noisy(a[:11, :11], 8)),
+                                                                     abs=1e-6)
+    with pytest.raises(ValueError, match="11x11"):
+        ssim(a[:10, :400], a[:10, :400])
+
+
+def test_max_abs_difference_is_exact_across_strips_and_dtypes(monkeypatch):
+    a = data.astronaut()
+    b = a.copy()
+    b[300, 17, 1] = np.uint8(int(a[300, 17, 1]) + 40 if a[300, 17, 1] < 200 else int(a[300, 17, 1]) - 40)
+    b[5, 5, 0] = np.uint8(255 - a[5, 5, 0])  # the largest change, in the first strip
+    expected = int(np.abs(a.astype(int) - b.astype(int)).max())
+    monkeypatch.setattr(metrics, "_PSNR_ROWS_PIXELS", 512 * 3 * 7)  # 7-row strips: the change is found anyway
+    assert metrics.max_abs_difference(a, b) == expected and isinstance(metrics.max_abs_difference(a, b), int)
+    assert metrics.max_abs_difference(b, a) == expected  # no uint8 wrap-around
+    a16, b16 = np.zeros((3, 4, 1), np.uint16), np.full((3, 4, 1), 65535, np.uint16)
+    assert metrics.max_abs_difference(a16, b16) == 65535
+    fa, fb = a.astype(np.float32) / 255, b.astype(np.float32) / 255
+    assert metrics.max_abs_difference(fa, fb) == pytest.approx(expected / 255)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,3 +18,17 @@ def test_registry_covers_three_families_and_rejects_unknown():
     assert {"resnet18", "smallcnn", "vgg11", "wrn16-4"} <= set(names)
     with pytest.raises(ValueError, match="unknown architecture"):
         create_model("transformer-xxl")
+
+
+def test_shipped_smallcnn_weights_load_into_smallcnn():
+    blob = torch.load(Path(__file__).parents[1] / "models" / "weights" / "smallcnn-cifar10.pt",
+                      map_location="cpu", weights_only=True)
+    net = create_model("smallcnn", num_classes=len(blob["meta"]["classes"]))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+
+
+def test_wrn_activation_modules_add_no_state():
+    """WRN's ReLUs are modules (CAS hooks them, official placement) but hold no parameters or buffers."""
+    net = create_model("wrn16-1")
+    assert not any(".act" in k or k.startswith("act") for k in net.state_dict())
+    assert isinstance(net.get_submodule("act"), torch.nn.ReLU) and isinstance(net.blocks[-1].act1, torch.nn.ReLU)

@@ -495,3 +495,105 @@ def test_photo_extensions_are_lower_case() -> None:
     assert all(e == e.lower() and e.startswith(".") for e in PHOTO_EXTENSIONS)
     assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"} <= set(PHOTO_EXTENSIONS)
     assert isinstance(Photo(np.zeros((2, 3, 1), np.uint8), None, "PNG", "L").size, tuple)
+
+
+# ---------------------------------------------------------------------------------------------- checked writes
+
+
+def test_write_returns_what_a_scraper_decodes_from_the_written_file(tmp_path: Path) -> None:
+    for fmt, exact in (("PNG", True), ("JPEG", False)):
+        photo = read_photo(save(Image.fromarray(smooth()), tmp_path / f"in{EXT[fmt]}", fmt, quality=95))
+        pixels = np.clip(photo.pixels.astype(np.int16) + 3, 0, 255).astype(np.uint8)
+        dst = tmp_path / "out" / f"a{EXT[fmt]}"
+        written = write_photo(dst, photo, pixels)
+        assert written.sha256 == sha256_file(dst) and written.size == dst.stat().st_size
+        assert np.array_equal(written.pixels, read_photo(dst).pixels)
+        assert np.array_equal(written.pixels, pixels) == exact  # JPEG: the encoder changes pixels too
+
+
+def test_silent_short_write_never_reaches_the_final_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = read_photo(save(Image.fromarray(noisy()), tmp_path / "in.jpg", "JPEG"))
+    out = tmp_path / "out"
+    out.mkdir()
+    real = Image.Image.save
+
+    def half(self, fp, *args, **kwargs):  # the encoder reports success, half of the bytes are lost
+        buf = __import__("io").BytesIO()
+        real(self, buf, *args, **kwargs)
+        fp.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+    monkeypatch.setattr(Image.Image, "save", half)
+    with pytest.raises(PhotoError, match="does not decode"):
+        write_photo(out / "a.jpg", photo, photo.pixels)
+    assert os.listdir(out) == []
+
+
+def test_write_refuses_to_replace_what_the_caller_does_not_own(tmp_path: Path) -> None:
+    photo = read_photo(save(Image.fromarray(noisy()), tmp_path / "in.png"))
+    out = tmp_path / "out"
+    mine = save(Image.fromarray(noisy(seed=1)), out / "a.png")
+    before = sha256_file(mine)
+    with pytest.raises(PhotoError, match="not written by unlearnable"):
+        write_photo(mine, photo, photo.pixels, may_replace=lambda p: False)
+    assert sha256_file(mine) == before and os.listdir(out) == ["a.png"]
+    recorded = []
+    write_photo(out / "b.png", photo, photo.pixels, may_replace=lambda p: False, before_rename=recorded.append)
+    assert recorded == [sha256_file(out / "b.png")] and sorted(os.listdir(out)) == ["a.png", "b.png"]
+    write_photo(mine, photo, photo.pixels, may_replace=lambda p: True)  # owned: replaced
+    assert sha256_file(mine) == sha256_file(out / "b.png")
+
+
+def test_temp_names_are_unique_and_match_the_cleanup_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlearnable.photos import io as pio
+
+    names = set()
+    for _ in range(20):
+        fd, tmp = pio._create_temp(tmp_path / "manifest.json")
+        os.close(fd)
+        names.add(Path(tmp).name)
+        assert pio.TEMP_PATTERN.fullmatch(Path(tmp).name)
+    assert len(names) == 20
+    assert not pio.TEMP_PATTERN.fullmatch("notes.tmp") and not pio.TEMP_PATTERN.fullmatch(".a.jpg.1234abcd.tmp")
+
+    def no_space(fd):  # delayed allocation / network file systems report a full disk at fsync
+        raise OSError(28, "No space left on device")
+
+    before = set(os.listdir(tmp_path))
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(pio.OutputError, match="No space left"):
+        pio.write_bytes_atomic(tmp_path / "state.json", b"{}" * 100)
+    assert set(os.listdir(tmp_path)) == before  # the temp file was removed
+
+
+def test_discover_refuses_inputs_inside_the_output_folder(tmp_path: Path) -> None:
+    p = tmp_path / "P"
+    _tiny(p / "IMG_0001.jpg")
+    _tiny(p / "me" / "IMG_0001.jpg")
+    with pytest.raises(UsageError, match="input folder .* is inside the output folder"):
+        discover([p / "me"], p)
+    with pytest.raises(UsageError, match="input file .* is inside the output folder"):
+        discover([p / "me" / "IMG_0001.jpg"], p)
+
+
+def test_discover_reports_unreadable_folders_and_lists_gifs_on_request(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "photos"
+    _tiny(root / "a.jpg")
+    _tiny(root / "locked" / "b.jpg")
+    Image.new("RGB", (4, 4)).save(root / "c.gif")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(root / "locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    problems: list = []
+    photos, skipped = discover([root], tmp_path / "out", problems, include_refused=True)
+    assert [str(p.rel) for p in photos] == ["a.jpg", "c.gif"] and skipped == []
+    assert problems == [(root / "locked", "cannot read folder: Permission denied")]
+    with pytest.raises(PhotoError, match="GIF"):
+        read_photo(photos[1].path)
+    photos, skipped = discover([root], tmp_path / "out")  # default: as before (verify relies on it)
+    assert [str(p.rel) for p in photos] == ["a.jpg"] and len(skipped) == 2

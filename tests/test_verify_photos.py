@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from unlearnable.cli.main import app
 from unlearnable.errors import UnlearnableError
-from unlearnable.photos.verify import split_holdout
+from unlearnable.photos.verify import photo_verdict, split_holdout
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -48,3 +48,34 @@ def test_verify_photo_folder_cli(cifar_root, tmp_path):
     protected = {p.name for p in (out / "protected").rglob("*.jpg")}
     assert len(protected) == 6 and not held & protected  # held-out photos are never protected
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.jpg")} == before
+    for run in rep["runs"]:       # the held-out curve ends at the reported figure
+        assert len(run["heldout_curve"]) == 1 and run["heldout_curve"][-1] == run["heldout_accuracy"]
+    assert rep["verdict"] in ("holds", "broken", "no verdict")
+    page = (out / "report.html").read_text()
+    assert "id='verdict'" in page and "held-out accuracy (%)" in page and "chance" in page
+    assert page.count("data:image/png;base64,") == 3 * 6      # original, protected, difference of 6 photos
+    assert "<script" not in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_missing_reference_fails_before_anything_is_written(tmp_path):
+    folder = tmp_path / "me"
+    (folder / "me").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 30), (10 * i, 80, 120)).save(folder / "me" / f"p{i}.jpg")
+    out = tmp_path / "v"
+    r = CliRunner().invoke(app, ["verify", str(folder), "-o", str(out), "--data-root", str(tmp_path / "empty"),
+                                 "--epochs", "1"])
+    assert r.exit_code == 2, r.output
+    assert "not found" in r.output and "Traceback" not in r.output
+    assert not out.exists() or not any(out.iterdir())          # nothing protected, nothing staged
+
+
+def test_photo_verdict_by_hand():
+    runs = lambda p, u: [{"trained_on": "protected", "heldout_accuracy": p},   # noqa: E731
+                         {"trained_on": "unprotected", "heldout_accuracy": u}]
+    v = photo_verdict(runs(0.2, 0.6), chance=0.1)         # (0.2 − 0.1) / (0.6 − 0.1) = 0.2
+    assert v["verdict"] == "holds" and v["recovered"] == pytest.approx(0.2, abs=1e-12)
+    v = photo_verdict(runs(0.4, 0.6), chance=0.1)         # 0.3 / 0.5 = 0.6
+    assert v["verdict"] == "broken" and v["recovered"] == pytest.approx(0.6, abs=1e-12)
+    v = photo_verdict(runs(0.05, 0.15), chance=0.1)       # the unprotected victim is within 10 points of chance
+    assert v["verdict"] == "no verdict" and v["recovered"] is None

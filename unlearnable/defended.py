@@ -1,8 +1,31 @@
 """Defended verification: the stress test of a protection. For every victim architecture and
 every defense (``unlearnable.train.defenses``), train one model on the protected set and one on
 the same images clean, evaluate each on the clean test set after every epoch, and record the
-final and peak accuracy, PGD-20 robust accuracy, and (for the chosen defenses) the class-wise
-predictive patterns the model learned (arXiv 2101.06898).
+accuracy at the epoch a trainer would pick, the final accuracy, PGD robust accuracy (its own
+settings: ``MatrixConfig.robust_*``), and (for the chosen defenses) the class-wise predictive
+patterns the model learned (arXiv 2101.06898).
+
+Epoch choice. Early stopping is itself a defence against unlearnable examples (the protected
+model's test accuracy often peaks early), but picking the epoch by *test* accuracy is an oracle
+that reports the best of many draws on the very images it scores. Here a class-balanced share
+(``val_share``, default 10 %) of the training images is held out as a validation split, the same
+indices for the clean and the protected run. Each run validates on the held-out part of the data
+it trains on: protected images for the protected run (a scraper who trains on protected data has
+nothing else to validate on), clean images for the clean run. The *chosen epoch* is the first
+epoch of highest validation accuracy; the verdict uses the clean test accuracy at that epoch.
+The test peak is still recorded, labelled as the oracle it is.
+
+Recipes. Every defense trains with ``MatrixConfig.train`` unless ``MatrixConfig.recipes`` gives
+it the recipe of its own paper (``PAPER_RECIPES``); the recipe used is recorded in each cell and
+in its fingerprint.
+
+Verdict (``summarize_matrix``): recovery is (protected − chance) / (clean − chance) at the chosen
+epochs, against two clean models: the one trained through the same defense, and the standard
+(no-defense) one. No verdict when the same-defense clean model did not learn (chosen-epoch
+accuracy below chance + ``chance_margin``); *broken* when the protected model recovers at least
+half of what the standard clean model learns; *inconclusive* when it recovers at least half of the
+same-defense clean model but not of the standard one (the defense neutralises the noise, but
+itself trains models too weak to tell); *holds* otherwise.
 
 Each finished cell is written to ``OUT/cells/<arch>--<defense>--<data>.json`` as soon as it
 ends, keyed by a fingerprint of everything that determines it, so an interrupted matrix resumes
@@ -15,7 +38,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +58,19 @@ REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 ASSETS = "assets.pt"
 
+# Training recipes of the defenses' own papers, where they differ from the shared one
+# (``TrainConfig``'s defaults: the Unlearnable Examples recipe, SGD lr 0.1, wd 5e-4, cosine, clip 5).
+PAPER_RECIPES: dict[str, dict] = {
+    # APL (arXiv 2006.13554), official configs/cifar10: SGD lr 0.01, momentum 0.9, weight decay 1e-4,
+    # cosine annealing, gradient-norm bound 5. With lr 0.1 NCE+RCE does not learn in 10 epochs.
+    "apl": {"lr": 0.01, "weight_decay": 1e-4},
+    # PGD-AT (Madry et al.; Rice et al.) and AT-AWP (arXiv 2004.05884): SGD lr 0.1, momentum 0.9,
+    # weight decay 5e-4, lr ÷10 at 100 and 150 of 200 epochs (= "multistep", 50 % and 75 %), no
+    # gradient clipping. CAS keeps the shared recipe (its schedule is not checked against its code).
+    "at": {"schedule": "multistep", "grad_clip": None},
+    "awp": {"schedule": "multistep", "grad_clip": None},
+}
+
 
 @dataclass
 class MatrixConfig:
@@ -44,19 +80,40 @@ class MatrixConfig:
     defenses: list[str] = field(default_factory=lambda: ["standard"])
     train: TrainConfig = field(default_factory=TrainConfig)
     include_clean: bool = True
-    at_eps: float = 8 / 255          # PGD radius of AT/AWP/CAS training and of the robust readout
+    at_eps: float = 8 / 255          # PGD radius of AT/AWP/CAS training
     at_steps: int = 10               # PGD steps while training (AT/AWP/CAS)
-    at_alpha: float = 2 / 255
+    at_alpha: float = 2 / 255        # PGD step while training
     awp_gamma: float = 1e-2          # AWP's relative weight perturbation (AT-AWP's γ)
-    robust_images: int = 1000        # clean test images for PGD-20 robust accuracy (0: skip)
+    # the robust-accuracy readout, independent of the training attack: PGD-20, ε 8/255, step 2/255,
+    # random start, on the first ``robust_n`` clean test images (the AWP paper's readout; 0: skip)
+    robust_n: int = 1000
+    robust_eps: float = 8 / 255
+    robust_alpha: float = 2 / 255
     robust_steps: int = 20
+    robust_images: int | None = None  # old name of robust_n (kept for callers; overrides it when given)
     patterns_for: list[str] = field(default_factory=lambda: ["standard"])   # defenses whose models get patterns
     pattern: PatternConfig = field(default_factory=PatternConfig)
     pattern_share: float = 0.2       # share of the test set per class searched on (the authors' 20 %)
     test_subset: int | None = None   # evaluate on a class-balanced subset of the test set (None: all of it)
     tcr_warmup_epochs: int = 1       # label-only epochs before TCR starts calibrating (paper: 1)
+    val_share: float = 0.1           # share of each class's training images held out for epoch choice (0: final epoch)
+    recipes: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in PAPER_RECIPES.items()})
+    chance_margin: float = 0.1       # a clean model below chance + this did not learn: no verdict for its row
 
     def __post_init__(self) -> None:
+        if self.robust_images is not None:
+            self.robust_n = self.robust_images
+        self.robust_images = None
+        if self.robust_n < 0 or self.robust_steps < 1 or not 0 < self.robust_eps <= 1 or self.robust_alpha <= 0:
+            raise UnlearnableError("robust readout: need robust_n ≥ 0, robust_steps ≥ 1, 0 < robust_eps ≤ 1, "
+                                   "robust_alpha > 0")
+        if not 0 <= self.val_share < 0.5:
+            raise UnlearnableError("val_share must be in [0, 0.5)")
+        names = {f.name for f in fields(TrainConfig)}
+        for d, r in self.recipes.items():
+            parse_defenses([d])
+            if set(r) - names:
+                raise UnlearnableError(f"recipe of {d}: unknown setting(s) {sorted(set(r) - names)}")
         self.defenses = parse_defenses(self.defenses)
         self.patterns_for = [] if self.patterns_for in (["none"], []) else (
             list(self.defenses) if self.patterns_for == ["all"] else parse_defenses(self.patterns_for))
@@ -66,14 +123,61 @@ class MatrixConfig:
             raise UnlearnableError("pattern_share must be in (0, 1]")
 
 
+def robust_label(cfg: MatrixConfig, images: int | None = None) -> str:
+    """The robust readout in words, written from the settings that run it (never typed by hand)."""
+    n = cfg.robust_n if images is None else images
+    return (f"PGD-{cfg.robust_steps} (L∞ ε {cfg.robust_eps * 255:.3g}/255, step {cfg.robust_alpha * 255:.3g}/255, "
+            f"random start) on {n} clean test images")
+
+
+def robust_settings(cfg: MatrixConfig, images: int | None = None) -> dict:
+    """The robust readout's settings and label as recorded in cells and reports."""
+    n = cfg.robust_n if images is None else images
+    return {"images": n, "eps": cfg.robust_eps, "alpha": cfg.robust_alpha, "steps": cfg.robust_steps,
+            "label": robust_label(cfg, n)}
+
+
+def defense_train_config(cfg: MatrixConfig, defense: str) -> TrainConfig:
+    """The recipe ``defense`` trains with: ``cfg.train`` with the defense's entry of ``cfg.recipes``."""
+    return replace(cfg.train, **cfg.recipes.get(defense, {}))
+
+
+def split_validation(labels: torch.Tensor, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), sorted: ``round(share · n_k)`` images of each class k
+    (at least one when ``share`` > 0 and the class has two or more) held out, drawn by ``seed``."""
+    if share <= 0:
+        return torch.arange(len(labels)), torch.zeros(0, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    held = []
+    for k in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == k).squeeze(1)
+        n = min(len(idx) - 1, max(1, round(share * len(idx))))
+        held.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
+    val = torch.sort(torch.cat(held)).values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val] = False
+    return torch.nonzero(mask).squeeze(1), val
+
+
 def summarize_run(arch: str, data: str, history: list[EpochRecord], seconds: float) -> dict:
-    """A training run as a record: final and peak clean test accuracy (early stopping is itself a
-    defence, so the peak matters), final training accuracy, and every epoch."""
-    accs = [r.test_acc for r in history if r.test_acc is not None]
+    """A training run as a record: clean test accuracy at the *chosen* epoch (the first of highest
+    validation accuracy; the last epoch when there was no validation split), the final one, the
+    test peak (an oracle: chosen on the images it scores; kept for reference only), final training
+    accuracy, and every epoch."""
+    accs = [r.test_acc for r in history]
+    vals = [r.val_acc for r in history]
+    have_test = bool(history) and all(a is not None for a in accs)
+    if history and all(v is not None for v in vals):
+        chosen, by = vals.index(max(vals)) + 1, "validation"
+    else:
+        chosen, by = (len(history) or None), "final epoch"
     return {"arch": arch, "train_data": data, "epochs": len(history),
-            "final_test_acc": accs[-1] if accs else None,
-            "peak_test_acc": max(accs) if accs else None,
-            "peak_epoch": (accs.index(max(accs)) + 1) if accs else None,
+            "chosen_epoch": chosen, "chosen_by": by,
+            "chosen_test_acc": accs[chosen - 1] if have_test and chosen else None,
+            "chosen_val_acc": vals[chosen - 1] if chosen and by == "validation" else None,
+            "final_test_acc": accs[-1] if have_test else None,
+            "peak_test_acc": max(accs) if have_test else None,
+            "peak_epoch": (accs.index(max(accs)) + 1) if have_test else None,
             "final_train_acc": history[-1].train_acc if history else None,
             "seconds": seconds, "history": [asdict(r) for r in history]}
 
@@ -84,6 +188,91 @@ def load_test(dataset: str, root: str | os.PathLike | None, cfg: MatrixConfig) -
     if cfg.test_subset and cfg.test_subset < len(test):
         test = test.subset(balanced_subset(test.labels, cfg.test_subset, cfg.train.seed))
     return test
+
+
+def _indices_id(indices) -> str:
+    """Short hash of the int64 source indices of a matrix's training images."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def _cell_fingerprint(cfg: MatrixConfig, arch: str, defense: str, data_name: str, dataset: str,
+                      data_id: dict) -> str:
+    """Everything a cell's result depends on. A clean cell without patterns does not depend on the
+    protection, only on the images (``data_id["indices"]``): it is shared between matrices over the
+    same images and can be trained before the protection exists (``clean_cells``)."""
+    shared = data_name == "clean" and defense not in cfg.patterns_for
+    return _fingerprint({"arch": arch, "defense": defense, "data": data_name,
+                         "data_id": {"dataset": dataset, "indices": data_id["indices"]} if shared else data_id,
+                         "train": asdict(defense_train_config(cfg, defense)),
+                         "at": [cfg.at_eps, cfg.at_steps, cfg.at_alpha],
+                         "tcr_warmup": cfg.tcr_warmup_epochs if defense == "tcr" else None,
+                         "robust": robust_settings(cfg), "val_share": cfg.val_share,
+                         "robust_objective": "attack_loss" if defense == "cas" else "ce",
+                         "patterns": asdict(cfg.pattern) if defense in cfg.patterns_for else None,
+                         "pattern_share": cfg.pattern_share, "test_subset": cfg.test_subset,
+                         **({"awp_gamma": cfg.awp_gamma} if defense == "awp" else {})})
+
+
+def clean_cells(dataset: str, indices, out_dir: str | os.PathLike, config: MatrixConfig | None = None,
+                device: str = "auto", data_root: str | os.PathLike | None = None,
+                on_cell: Callable[[str, int, int, bool], None] | None = None,
+                on_epoch: Callable[[EpochRecord], None] | None = None,
+                on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Train (or reuse) the clean cells of a matrix that do not depend on the protection (defenses
+    without patterns) on ``dataset``'s training images at source ``indices``, before the protection
+    exists; ``verify_defenses`` over a ``protect-dataset`` output of the same images, with the same
+    ``config`` and ``out_dir``, reuses them. Returns their records."""
+    cfg = config or MatrixConfig()
+    dev = resolve_device(device)
+    out = Path(out_dir)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    idx = np.asarray(indices, dtype=np.int64)
+    test = load_test(dataset, data_root, cfg)
+    clean = load_dataset(dataset, "train", data_root).subset(torch.from_numpy(idx))
+    tr_idx, val_idx = split_validation(clean.labels, cfg.val_share, cfg.train.seed)
+    train_set, val_set = clean.subset(tr_idx), (clean.subset(val_idx) if len(val_idx) else None)
+    data_id = {"indices": _indices_id(idx)}
+    plan = [(a, d) for a in cfg.archs for d in cfg.defenses if d not in cfg.patterns_for]
+    recs = []
+    for i, (arch, defense) in enumerate(plan):
+        key = cell_key(arch, defense, "clean")
+        fp = _cell_fingerprint(cfg, arch, defense, "clean", dataset, data_id)
+        path, tpath = out / "cells" / f"{key}.json", out / "cells" / f"{key}.pt"
+        found = _read_cell(path, tpath, fp)
+        if on_cell:
+            on_cell(key, i + 1, len(plan), found is not None)
+        if found is None:
+            rec, _, _ = run_cell(arch, defense, "clean", train_set, test, cfg, dev, dataset, on_epoch=on_epoch,
+                                 on_batch=on_batch, val_set=val_set)
+            rec["fingerprint"] = fp
+            tpath.unlink(missing_ok=True)
+            write_json_atomic(rec, path)
+        else:
+            rec = found[0]
+        recs.append(rec)
+    return recs
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a unique temp file beside ``path``, then rename over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_cell(path: Path, tpath: Path, fp: str) -> tuple[dict, dict] | None:
+    """A finished cell (record, tensors) if its files are readable and its fingerprint is ``fp``;
+    None (the cell is trained again, overwriting both) when missing, stale or corrupt."""
+    try:
+        rec = json.loads(path.read_text())
+        if not isinstance(rec, dict) or rec.get("fingerprint") != fp:
+            return None
+        return rec, (torch.load(tpath, weights_only=True) if tpath.exists() else {})
+    except (OSError, ValueError, RuntimeError, EOFError, AttributeError, TypeError):
+        return None
 
 
 def cell_key(arch: str, defense: str, data: str) -> str:
@@ -115,27 +304,35 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
              cfg: MatrixConfig, device: torch.device, dataset: str, canvases: dict[str, torch.Tensor] | None = None,
              pattern_set: tuple[torch.Tensor, torch.Tensor] | None = None, noise: torch.Tensor | None = None,
              on_epoch: Callable[[EpochRecord], None] | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, dict, torch.nn.Module]:
-    """Train one cell (also usable alone, e.g. on clean or label-noisy data); returns (JSON record,
-    tensors for the report: pattern images, the trained model). Patterns need ``canvases`` and
-    ``pattern_set``."""
-    tc = cfg.train
+             on_batch: Callable[[int, int], None] | None = None,
+             val_set: ImageTensors | None = None) -> tuple[dict, dict, torch.nn.Module]:
+    """Train one cell (also usable alone, e.g. on clean or label-noisy data) with the defense's
+    recipe (``defense_train_config``); returns (JSON record, tensors for the report: pattern
+    images, the trained model). ``val_set``: the held-out validation part of the same training
+    data, on which the epoch is chosen. Patterns need ``canvases`` and ``pattern_set``."""
+    tc = defense_train_config(cfg, defense)
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], tc.seed, device)
     ctx = DefenseContext(model, len(train_set), train_set.num_classes, dataset, tc.epochs, tc.grad_clip, tc.seed,
                          cfg.at_eps, cfg.at_steps, cfg.at_alpha, cfg.tcr_warmup_epochs,
                          torch.Generator().manual_seed(tc.seed + 1), cfg.awp_gamma)
     step = build_step(defense, ctx)
     t0 = time.perf_counter()
-    history = train(model, train_set, test_set, tc, step=step, on_epoch=on_epoch, on_batch=on_batch)
+    history = train(model, train_set, test_set, tc, step=step, on_epoch=on_epoch, on_batch=on_batch,
+                    val_set=val_set)
     seconds = time.perf_counter() - t0
     rec = summarize_run(arch, data_name, history, seconds)
-    rec.update(defense=defense, robust_acc=None)
-    if cfg.robust_images:
-        n = min(cfg.robust_images, len(test_set))
+    rec.update(defense=defense, robust_acc=None, recipe=asdict(tc), train_images=len(train_set),
+               val_images=len(val_set) if val_set is not None else 0)
+    if cfg.robust_n:
+        n = min(cfg.robust_n, len(test_set))
         x = prepare_batch(test_set.images[:n].to(device))
-        rec["robust_acc"] = robust_accuracy(model, x, test_set.labels[:n], cfg.at_eps, cfg.at_alpha,
-                                            cfg.robust_steps, seed=tc.seed)
-        rec["robust_eval"] = {"images": n, "eps": cfg.at_eps, "steps": cfg.robust_steps, "alpha": cfg.at_alpha}
+        # Adaptive readout: a defense whose step trains against its own objective (CAS: CE + β·aux CE)
+        # is attacked with that objective; plain-CE PGD overstates CAS's robustness (arXiv 2103.08307).
+        objective = getattr(step, "attack_loss", None)
+        rec["robust_acc"] = robust_accuracy(model, x, test_set.labels[:n], cfg.robust_eps, cfg.robust_alpha,
+                                            cfg.robust_steps, seed=tc.seed, loss_fn=objective)
+        rec["robust_eval"] = {**robust_settings(cfg, n),
+                              "objective": objective.__name__ if objective is not None else "ce"}
     tensors: dict = {}
     if defense in cfg.patterns_for and canvases and pattern_set is not None:
         px, py = pattern_set
@@ -157,10 +354,11 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
                     device: str = "auto", data_root: str | os.PathLike | None = None,
                     on_cell: Callable[[str, int, int, bool], None] | None = None,
                     on_epoch: Callable[[EpochRecord], None] | None = None,
-                    on_batch: Callable[[int, int], None] | None = None) -> dict:
+                    on_batch: Callable[[int, int], None] | None = None, only_finished: bool = False) -> dict:
     """Run (or resume) the matrix for a ``protect-dataset`` output and write ``report.json``,
     ``assets.pt`` and ``report.html`` under ``out_dir``. ``on_cell(key, i, total, reused)`` is
-    called as each cell starts. Returns the report dict."""
+    called as each cell starts. ``only_finished``: train nothing, report the cells finished so far
+    (``report["cells_missing"]`` lists the rest; their rows have no verdict). Returns the report dict."""
     from .report import write_report
 
     cfg = config or MatrixConfig()
@@ -174,7 +372,11 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     clean = load_dataset(dataset, "train", root).subset(torch.from_numpy(protected.meta["indices"]))
     if not torch.equal(clean.labels, protected.labels):
         raise UnlearnableError(f"{protected_dir}: labels do not match {dataset} at the recorded indices")
-    sets = {"clean": clean, "protected": protected} if cfg.include_clean else {"protected": protected}
+    # the validation split: the same held-out indices of the clean and the protected images
+    tr_idx, val_idx = split_validation(protected.labels, cfg.val_share, cfg.train.seed)
+    full = {"clean": clean, "protected": protected} if cfg.include_clean else {"protected": protected}
+    sets = {k: v.subset(tr_idx) for k, v in full.items()}
+    vals = {k: v.subset(val_idx) if len(val_idx) else None for k, v in full.items()}
 
     delta = np.load(Path(protected_dir) / "perturbation.npy")
     noise = class_noise(delta, protected.labels, protected.num_classes)
@@ -187,36 +389,31 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
 
     data_id = {"manifest": {k: manifest.get(k) for k in ("dataset", "mode", "eps", "seed", "num_images", "surrogate",
                                                           "final_surrogate_acc", "rounds")},
-               "indices": hashlib.sha256(np.asarray(protected.meta["indices"]).tobytes()).hexdigest()[:16]}
-    cells, tensors = [], {}
+               "indices": _indices_id(protected.meta["indices"])}
+    cells, tensors, missing = [], {}, []
     plan = [(a, d, s) for a in cfg.archs for d in cfg.defenses for s in sets]
     for i, (arch, defense, data_name) in enumerate(plan):
         key = cell_key(arch, defense, data_name)
-        # a clean cell without patterns does not depend on the protection: it can be shared between
-        # matrices over the same images (copy its cells/*.json)
-        shared = data_name == "clean" and defense not in cfg.patterns_for
-        fp = _fingerprint({"arch": arch, "defense": defense, "data": data_name,
-                           "data_id": {"dataset": dataset, "indices": data_id["indices"]} if shared else data_id,
-                           "train": asdict(cfg.train), "at": [cfg.at_eps, cfg.at_steps, cfg.at_alpha],
-                           "tcr_warmup": cfg.tcr_warmup_epochs if defense == "tcr" else None,
-                           "robust": [cfg.robust_images, cfg.robust_steps],
-                           "patterns": asdict(cfg.pattern) if defense in cfg.patterns_for else None,
-                           "pattern_share": cfg.pattern_share, "test_subset": cfg.test_subset,
-                           **({"awp_gamma": cfg.awp_gamma} if defense == "awp" else {})})
+        fp = _cell_fingerprint(cfg, arch, defense, data_name, dataset, data_id)
         path = out / "cells" / f"{key}.json"
         tpath = out / "cells" / f"{key}.pt"
-        done = path.exists() and json.loads(path.read_text()).get("fingerprint") == fp
+        rec = _read_cell(path, tpath, fp)
+        done = rec is not None
         if on_cell:
             on_cell(key, i + 1, len(plan), done)
         if done:
-            rec = json.loads(path.read_text())
-            cell_tensors = torch.load(tpath) if tpath.exists() else {}
+            rec, cell_tensors = rec
+        elif only_finished:
+            missing.append(key)
+            continue
         else:
             rec, cell_tensors, _ = run_cell(arch, defense, data_name, sets[data_name], test, cfg, dev, dataset,
-                                         canvases, pattern_set, noise, on_epoch, on_batch)
+                                            canvases, pattern_set, noise, on_epoch, on_batch, vals[data_name])
             rec["fingerprint"] = fp
             if cell_tensors:
-                torch.save(cell_tensors, tpath)
+                _save_atomic(cell_tensors, tpath)
+            else:
+                tpath.unlink(missing_ok=True)
             write_json_atomic(rec, path)
         cells.append(rec)
         tensors.update({f"{key}/{k}": v for k, v in cell_tensors.items()})
@@ -227,42 +424,138 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
                                                   delta[protected.labels[shown].numpy()], dtype=np.float32)),
               "classes": [protected.classes[int(protected.labels[j])] for j in shown],
               "canvases": {k: v.half() for k, v in canvases.items()}, "cells": tensors}
-    torch.save(assets, out / ASSETS)
+    _save_atomic(assets, out / ASSETS)
     report = {"kind": "defended-verification", "protected_dir": str(Path(protected_dir).resolve()),
               "dataset": dataset, "classes": protected.classes, "mode": manifest["mode"], "eps": manifest["eps"],
-              "surrogate": manifest.get("surrogate"), "train_images": len(protected), "test_images": len(test),
+              "surrogate": manifest.get("surrogate"), "train_images": len(tr_idx), "val_images": len(val_idx),
+              "protected_images": len(protected), "test_images": len(test),
               "device": str(dev), "train_config": asdict(cfg.train),
               "matrix": {"archs": cfg.archs, "defenses": cfg.defenses, "data": list(sets),
                          "at": {"eps": cfg.at_eps, "steps": cfg.at_steps, "alpha": cfg.at_alpha},
+                         "robust": robust_settings(cfg),
+                         "recipes": {d: asdict(defense_train_config(cfg, d)) for d in cfg.defenses},
+                         "recipe_overrides": {d: cfg.recipes[d] for d in cfg.defenses if d in cfg.recipes},
+                         "validation": {"share": cfg.val_share, "images": len(val_idx),
+                                        "rule": "first epoch of highest accuracy on the held-out part of the "
+                                                "training data each model trains on"},
+                         "chance_margin": cfg.chance_margin,
                          "patterns_for": cfg.patterns_for, "pattern": asdict(cfg.pattern),
                          "pattern_images": len(pidx)},
               "defense_summaries": {d: DEFENSES[d].summary for d in cfg.defenses},
-              "cells": cells, "summary": summarize_matrix(cells, protected.num_classes)}
+              "cells": cells, "cells_missing": missing,
+              "summary": summarize_matrix(cells, protected.num_classes, cfg.chance_margin)}
+    report["verdict_text"] = verdict_text(report)
     write_json_atomic(report, out / REPORT_JSON)
     write_report(out)
     return report
 
 
-def summarize_matrix(cells: list[dict], num_classes: int) -> list[dict]:
-    """One row per (arch, defense): clean and protected accuracy and whether the protection held.
-    ``recovered`` = (protected peak − chance) / (clean peak − chance): 0 means the protected model
-    learned nothing beyond chance, 1 as much as the clean one. The protection is called *broken*
-    by that defense when it recovers at least half (a stated rule, not a tuned threshold). No verdict
-    when the clean model itself is within 10 points of chance: there is nothing to recover."""
+def recovery(protected_acc: float, clean_acc: float, chance: float) -> float | None:
+    """(protected − chance) / (clean − chance): 0 = learned nothing beyond chance from the
+    protected data, 1 = as much as the clean model. None when the clean model is at chance."""
+    gap = clean_acc - chance
+    return (protected_acc - chance) / gap if gap > 0 else None
+
+
+def summarize_matrix(cells: list[dict], num_classes: int, chance_margin: float = 0.1) -> list[dict]:
+    """One row per (arch, defense), in cell order: the clean and protected runs (chosen-epoch, final
+    and oracle-peak test accuracy, robust accuracy), the two recoveries at the chosen epochs and the
+    verdict. ``recovered_vs_same`` compares with the clean model trained through the same defense,
+    ``recovered_vs_standard`` with the arch's standard (no-defense) clean model.
+
+    Verdict (stated rules, not tuned thresholds): ``"no verdict"`` when the same-defense clean model
+    did not learn (chosen-epoch accuracy < chance + ``chance_margin``); ``"broken"`` when
+    ``recovered_vs_standard`` ≥ 0.5 (the protected data gives at least half of what clean data gives
+    a standard trainer; ``recovered_vs_same`` stands in when there is no standard clean model);
+    ``"inconclusive"`` when only ``recovered_vs_same`` ≥ 0.5 (the defense neutralises the noise but its
+    own clean model is too weak for the recovery to matter); ``"holds"`` otherwise. None while a
+    cell of the row is missing."""
     chance = 1.0 / num_classes
+    keys = ("chosen_test_acc", "chosen_epoch", "chosen_by", "final_test_acc", "peak_test_acc", "peak_epoch",
+            "robust_acc", "final_train_acc")
     rows: dict[tuple[str, str], dict] = {}
     for c in cells:
         r = rows.setdefault((c["arch"], c["defense"]), {"arch": c["arch"], "defense": c["defense"]})
-        r[c["train_data"]] = {k: c.get(k) for k in ("final_test_acc", "peak_test_acc", "robust_acc", "final_train_acc")}
+        r[c["train_data"]] = {k: c.get(k) for k in keys}
     out = []
-    for r in rows.values():
+    for (arch, _), r in rows.items():
         cl, pr = r.get("clean"), r.get("protected")
-        if cl and pr and cl["peak_test_acc"] is not None and pr["peak_test_acc"] is not None:
-            gap = cl["peak_test_acc"] - chance
-            r["recovered"] = (pr["peak_test_acc"] - chance) / gap if gap >= 0.1 else None
-            r["verdict"] = None if r["recovered"] is None else ("broken" if r["recovered"] >= 0.5 else "holds")
+        std = (rows.get((arch, "standard")) or {}).get("clean")
+        std_acc = std["chosen_test_acc"] if std and std["chosen_test_acc"] is not None else None
+        r.update(chance=chance, standard_clean_acc=std_acc, recovered_vs_same=None, recovered_vs_standard=None,
+                 verdict=None, reason=None)
+        if not (cl and pr) or cl["chosen_test_acc"] is None or pr["chosen_test_acc"] is None:
+            r["reason"] = "the clean or the protected run is missing"
+            out.append(r)
+            continue
+        c_acc, p_acc = cl["chosen_test_acc"], pr["chosen_test_acc"]
+        if c_acc < chance + chance_margin:
+            r["verdict"] = "no verdict"
+            r["reason"] = (f"the clean model trained through {r['defense']} did not learn ({100 * c_acc:.1f}% at its "
+                           f"chosen epoch, below chance {100 * chance:.1f}% + {100 * chance_margin:.0f} points)")
+            out.append(r)
+            continue
+        same = recovery(p_acc, c_acc, chance)
+        vs_std = recovery(p_acc, std_acc, chance) if std_acc is not None and std_acc >= chance + chance_margin else None
+        r["recovered_vs_same"], r["recovered_vs_standard"] = same, vs_std
+        if (vs_std if vs_std is not None else same) >= 0.5:
+            r["verdict"] = "broken"
+        elif same >= 0.5:
+            r["verdict"] = "inconclusive"
+            r["reason"] = (f"the protected model recovers {same:.2f} of the {r['defense']} clean model, but that clean "
+                           f"model reaches only {100 * c_acc:.1f}% (standard clean {100 * std_acc:.1f}%)")
+        else:
+            r["verdict"] = "holds"
         out.append(r)
     return out
+
+
+def verdict_text(report: dict) -> str:
+    """One plain-language paragraph (no jargon beyond "training method") summing up the matrix."""
+    rows = report["summary"]
+    chance = rows[0]["chance"] if rows else 1 / max(len(report.get("classes", [])), 1)
+    by = {v: [r for r in rows if r.get("verdict") == v] for v in ("holds", "broken", "inconclusive", "no verdict")}
+    judged = len(by["holds"]) + len(by["broken"]) + len(by["inconclusive"])
+    n_val = report.get("val_images", 0)
+    pick = (f"Each model is scored at the epoch its trainer would pick from {n_val} held-out training images, "
+            "on clean test images it never saw. " if n_val else
+            "Each model is scored after its last epoch, on clean test images it never saw. ")
+
+    def name(r: dict) -> str:
+        return r["defense"] if len(report["matrix"]["archs"]) == 1 else f"{r['defense']} ({r['arch']})"
+
+    parts = []
+    for r in rows:
+        cl, pr = (r.get("clean") or {}).get("chosen_test_acc"), (r.get("protected") or {}).get("chosen_test_acc")
+        if r["defense"] == "standard" and cl is not None and pr is not None:
+            parts.append(f"Trained the ordinary way, a model ({r['arch']}) recognises {100 * cl:.0f}% "
+                         f"of new test images when it learns from the original images, and "
+                         f"{100 * pr:.0f}% when it learns from the protected ones "
+                         f"(random guessing: {100 * chance:.0f}%).")
+    unfinished = [r for r in rows if r.get("verdict") is None]
+    summary = (f"Verdict: of the {len(rows) - len(unfinished)} training methods tried, the protection held against "
+               f"{len(by['holds'])} and was broken by {len(by['broken'])}")
+    summary += (": " + ", ".join(name(r) for r in by["broken"]) + "." if by["broken"] else ".")
+    if not judged:
+        summary = ("No verdict yet: no finished training method produced a clean model that learned enough to "
+                   "compare against.")
+    tail = ("A method breaks the protection when its model, trained on the protected images, gets at least half of "
+            "the improvement over guessing that an ordinary model gets from the original images.")
+    extra = []
+    if by["inconclusive"]:
+        extra.append("Inconclusive for " + ", ".join(name(r) for r in by["inconclusive"]) +
+                     ": the protection does not slow these methods down, but they learn so little even from the "
+                     "original images that this does not show whether they could break it.")
+    if by["no verdict"]:
+        extra.append("No verdict for " + ", ".join(name(r) for r in by["no verdict"]) +
+                     ": trained on the original images, their models did not learn (within "
+                     f"{100 * report['matrix'].get('chance_margin', 0.1):.0f} points of guessing).")
+    if unfinished:
+        extra.append("Not finished: " + ", ".join(name(r) for r in unfinished) + ".")
+    if report.get("cells_missing"):
+        extra.append(f"{len(report['cells_missing'])} planned model(s) are not trained yet; this report covers the "
+                     "finished ones only.")
+    return " ".join([summary, *parts, pick.strip(), tail, *extra])
 
 
 def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig | None = None,
@@ -271,9 +564,8 @@ def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig |
                    on_epoch: Callable[[EpochRecord], None] | None = None,
                    on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, torch.nn.Module]:
     """Train one model through a defense on a (clean) dataset or a ``protect-dataset`` folder,
-    optionally with injected label noise; returns (record with clean and robust test accuracy, model)."""
-    from dataclasses import replace
-
+    optionally with injected label noise; ``config.val_share`` of it is held out to choose the epoch.
+    Returns (record with clean and robust test accuracy, model)."""
     from .data.label_noise import asymmetric_noise_cifar10, symmetric_noise
 
     cfg = config or MatrixConfig(archs=[arch], defenses=[defense], patterns_for=["none"])
@@ -297,8 +589,11 @@ def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig |
             raise UnlearnableError(f"label noise {noise_kind!r} is not defined for {name} "
                                    "(symmetric, or asymmetric on cifar10)")
         train_set = replace(train_set, labels=labels)
+    tr_idx, val_idx = split_validation(train_set.labels, cfg.val_share, cfg.train.seed)
+    val_set = train_set.subset(val_idx) if len(val_idx) else None
+    train_set = train_set.subset(tr_idx)
     rec, _, model = run_cell(arch, parse_defenses([defense])[0], name, train_set, test, cfg, dev, name,
-                             on_epoch=on_epoch, on_batch=on_batch)
+                             on_epoch=on_epoch, on_batch=on_batch, val_set=val_set)
     rec.update(dataset=str(dataset), label_noise=label_noise, noise_kind=noise_kind if label_noise else None,
-               train_images=len(train_set), test_images=len(test))
+               train_images=len(train_set), val_images=len(val_idx), test_images=len(test))
     return rec, model

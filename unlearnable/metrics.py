@@ -1,4 +1,5 @@
-"""Full-reference image-quality metrics for the manifest of protected photos: PSNR and SSIM.
+"""Full-reference image-quality metrics for the manifest of protected photos: PSNR, SSIM and the
+largest per-pixel change.
 
 SSIM is the standard definition of Wang, Bovik, Sheikh & Simoncelli, "Image quality
 assessment: from error visibility to structural similarity", IEEE TIP 13(4), 2004, Eq. 13:
@@ -34,6 +35,7 @@ Image = np.ndarray | torch.Tensor
 _SIGMA = 1.5
 _RADIUS = 5  # int(3.5 * sigma + 0.5), as skimage / scipy.ndimage truncate the Gaussian
 _K1, _K2 = 0.01, 0.03
+SSIM_MIN_SIDE = 2 * _RADIUS + 1  # 11: SSIM's Gaussian window must fit inside the image at least once
 _TILE = (192, 192)  # SSIM output rows x cols per tile on CPU: 2 MB work buffer for RGB, stays in cache
 _TILE_ACCEL = (2048, 4096)  # on an accelerator, fewer and larger tiles (kernel-launch bound)
 _PSNR_ROWS_PIXELS = 1 << 22  # values per PSNR row strip (32 MB of float64 per operand)
@@ -110,6 +112,28 @@ def psnr(a: Image, b: Image, data_range: float = 255.0) -> float:
     return 10.0 * math.log10(data_range**2 / mse)
 
 
+def max_abs_difference(a: Image, b: Image) -> int | float:
+    """Largest |a - b| over all pixels and channels of two images of the same shape (an int for
+    integer images: the largest change in levels), computed over row strips in int64/float64 so
+    neither overflow nor a full-size temporary occurs."""
+    a, b = _as_hwc(a, b)
+    a, b = _cpu_to_numpy(a), _cpu_to_numpy(b)
+    h, w, c = a.shape
+    step = max(1, _PSNR_ROWS_PIXELS // max(1, w * c))
+    integer = all(isinstance(t, np.ndarray) and np.issubdtype(t.dtype, np.integer) for t in (a, b))
+    worst = 0
+    for r0 in range(0, h, step):
+        x, y = a[r0:r0 + step], b[r0:r0 + step]
+        if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+            d = np.abs(np.subtract(x, y, dtype=np.int64 if integer else np.float64))
+            worst = max(worst, d.max() if d.size else 0)
+        else:
+            dev = x.device if isinstance(x, torch.Tensor) else y.device
+            d = (torch.as_tensor(x, device=dev).double() - torch.as_tensor(y, device=dev).double()).abs()
+            worst = max(worst, float(d.max()) if d.numel() else 0.0)
+    return int(worst) if integer else float(worst)
+
+
 def _gaussian_window() -> tuple[float, ...]:
     """Normalised 1D Gaussian, 11 taps, sigma 1.5 (scipy.ndimage's kernel)."""
     g = [math.exp(-0.5 * (t / _SIGMA) ** 2) for t in range(-_RADIUS, _RADIUS + 1)]
@@ -155,6 +179,11 @@ def _ssim_tile_sum(maps: torch.Tensor, g: tuple[float, ...]) -> torch.Tensor:
     return num1.mul_(num2).div_(den1.mul_(den2)).sum(dtype=torch.float64)
 
 
+def ssim_defined(height: int, width: int) -> bool:
+    """True if SSIM has at least one valid window position on an image of this size (>= 11x11)."""
+    return height >= SSIM_MIN_SIDE and width >= SSIM_MIN_SIDE
+
+
 def ssim(a: Image, b: Image, data_range: float = 255.0) -> float:
     """Mean structural similarity (Wang et al. 2004, Gaussian 11x11 window, sigma 1.5,
     K1 = 0.01, K2 = 0.03) over the valid region and over channels; equals skimage's
@@ -168,7 +197,8 @@ def ssim(a: Image, b: Image, data_range: float = 255.0) -> float:
         data_range: L, the peak-to-peak range of the pixel scale (255 for 8-bit, 65535 for 16-bit).
 
     Returns:
-        SSIM in [-1, 1] (float); 1.0 for identical images.
+        SSIM in [-1, 1] (float); 1.0 for identical images. Undefined below 11x11 pixels (no valid
+        window position): raises ``ValueError``; check ``ssim_defined`` first.
 
     Cost: 192x192 tiles with a 5-pixel halo, all channels at once; peak extra memory a few
     MB whatever the image size. Measured on a 4000x3000x3 uint8 pair (AMD EPYC VM, 2 vCPUs
@@ -178,7 +208,7 @@ def ssim(a: Image, b: Image, data_range: float = 255.0) -> float:
     """
     a, b = _as_hwc(a, b)
     h, w, c = a.shape
-    if h < 2 * _RADIUS + 1 or w < 2 * _RADIUS + 1:
+    if not ssim_defined(h, w):
         raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {h}x{w}")
     device = a.device if isinstance(a, torch.Tensor) else torch.device("cpu")
     g = _gaussian_window()

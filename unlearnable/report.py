@@ -1,5 +1,7 @@
-"""The defended-verification report: one self-contained HTML file rendered from ``report.json``
-and ``assets.pt`` (written by ``unlearnable.defended.verify_defenses``). No network and no side
+"""The verification reports: self-contained HTML files rendered from ``report.json`` and
+``assets.pt`` (written by ``unlearnable.defended.verify_defenses``), or from a photo-folder
+verification (``unlearnable.photos.verify``). Each opens with a plain-language verdict; every
+plot has axis labels with units, a legend and the chance line. No network and no side
 files: images are PNG data URIs, learning curves inline SVG, styles inline."""
 from __future__ import annotations
 
@@ -7,14 +9,16 @@ import base64
 import html
 import io
 import json
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-COLORS = {"clean": "#1f77b4", "protected": "#d62728"}
+COLORS = {"clean": "#1f77b4", "unprotected": "#1f77b4", "protected": "#d62728"}
 
 
 def _u8(img: torch.Tensor) -> np.ndarray:
@@ -49,31 +53,120 @@ def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}" title="{html.escape(alt)}">'
 
 
-def svg_curves(series: dict[str, list[dict]], width: int = 360, height: int = 200) -> str:
-    """Inline SVG: train accuracy (dashed) and clean test accuracy (solid) per epoch for each named
-    history (list of epoch records), accuracy axis 0–100 %."""
-    pad_l, pad_b, pad_t, pad_r = 34, 22, 8, 8
+def _axes(parts: list[str], x0: float, y0: float, w: float, h: float, ylabel: str) -> None:
+    """Frame, 0–100 % gridlines with tick labels, and the y-axis label (rotated) of a plot."""
+    parts.append(f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="#fff" stroke="#999"/>')
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = y0 + h * (1 - frac)
+        parts.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+                     f'<text x="{x0 - 3}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{int(frac * 100)}</text>')
+    parts.append(f'<text x="11" y="{y0 + h / 2:.1f}" font-size="10" text-anchor="middle" '
+                 f'transform="rotate(-90 11 {y0 + h / 2:.1f})">{html.escape(ylabel)}</text>')
+
+
+def _chance(parts: list[str], x0: float, y0: float, w: float, h: float, chance: float | None) -> None:
+    if chance is not None:
+        y = y0 + h * (1 - chance)
+        parts.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#555" stroke-width="1" '
+                     f'stroke-dasharray="1 2"/>')
+
+
+def _legend(parts: list[str], x: float, y: float, items: list[tuple[str, str, str]]) -> None:
+    """items: (label, colour, dash pattern or '') drawn as short line samples in one row."""
+    for label, color, dash in items:
+        d = f' stroke-dasharray="{dash}"' if dash else ""
+        parts.append(f'<line x1="{x:.1f}" x2="{x + 16:.1f}" y1="{y - 3:.1f}" y2="{y - 3:.1f}" stroke="{color}" '
+                     f'stroke-width="1.8"{d}/><text x="{x + 19:.1f}" y="{y:.1f}" font-size="10">{html.escape(label)}</text>')
+        x += 24 + 5.6 * len(label)
+
+
+def svg_curves(series: dict[str, list[dict]], width: int = 380, height: int = 236, chance: float | None = None,
+               chosen: dict[str, int | None] | None = None) -> str:
+    """Inline SVG learning curves, accuracy (%) against epoch: clean test accuracy (solid), training
+    accuracy on the data trained on (dashed) and validation accuracy on its held-out part (dotted)
+    for each named history (list of epoch records); a dotted grey line at ``chance``; a circle at
+    each run's ``chosen`` epoch (1-based) on its test curve; a legend underneath."""
+    pad_l, pad_b, pad_t, pad_r = 40, 52, 8, 8
     w, h = width - pad_l - pad_r, height - pad_b - pad_t
     n = max((len(hh) for hh in series.values()), default=1)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img">',
-             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fff" stroke="#999"/>']
-    for frac in (0.25, 0.5, 0.75, 1.0):
-        y = pad_t + h * (1 - frac)
-        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-                     f'<text x="{pad_l - 3}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{int(frac * 100)}</text>')
-    parts.append(f'<text x="{pad_l + w / 2}" y="{height - 4}" font-size="10" text-anchor="middle">epoch (1–{n})</text>')
+             f'viewBox="0 0 {width} {height}" role="img">']
+    _axes(parts, pad_l, pad_t, w, h, "accuracy (%)")
+    _chance(parts, pad_l, pad_t, w, h, chance)
+    parts.append(f'<text x="{pad_l + w / 2}" y="{pad_t + h + 25}" font-size="10" text-anchor="middle">'
+                 f'epoch</text>')
+
+    def x_of(i: int) -> float:
+        return pad_l + (w * i / (n - 1) if n > 1 else w / 2)
+
+    for i in range(0, n, max(1, math.ceil(n / 10))):
+        parts.append(f'<text x="{x_of(i):.1f}" y="{pad_t + h + 12}" font-size="9" text-anchor="middle">{i + 1}</text>')
 
     def xy(i: int, v: float) -> str:
-        x = pad_l + (w * i / (n - 1) if n > 1 else w / 2)
-        return f"{x:.1f},{pad_t + h * (1 - v):.1f}"
+        return f"{x_of(i):.1f},{pad_t + h * (1 - v):.1f}"
 
+    has = set()
     for name, hist in series.items():
         color = COLORS.get(name, "#333")
-        for key, dash in (("test_acc", ""), ("train_acc", ' stroke-dasharray="4 3"')):
+        for key, dash in (("test_acc", ""), ("train_acc", ' stroke-dasharray="4 3"'), ("val_acc", ' stroke-dasharray="1.5 2"')):
             pts = " ".join(xy(i, r[key]) for i, r in enumerate(hist) if r.get(key) is not None)
             if pts:
+                has.add(key)
                 parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6"{dash} points="{pts}"/>')
+        e = (chosen or {}).get(name)
+        if e and e <= len(hist) and hist[e - 1].get("test_acc") is not None:
+            x, y = xy(e - 1, hist[e - 1]["test_acc"]).split(",")
+            parts.append(f'<circle cx="{x}" cy="{y}" r="3.5" fill="none" stroke="{color}" stroke-width="1.6"/>')
+    items = [(f"trained on {k}", COLORS.get(k, "#333"), "") for k in series]
+    _legend(parts, pad_l, height - 16, items + ([("chance", "#555", "1 2")] if chance is not None else []))
+    style = [(lab, "#333", dash) for key, lab, dash in (("test_acc", "test", ""), ("train_acc", "train", "4 3"),
+                                                         ("val_acc", "validation", "1.5 2")) if key in has]
+    _legend(parts, pad_l, height - 3, style + ([("○ chosen epoch", "#fff", "")] if chosen else []))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_bars(groups: list[tuple[str, dict[str, float | None]]], chance: float | None = None,
+             reference: tuple[str, float] | None = None, ylabel: str = "clean test accuracy (%)",
+             height: int = 250) -> str:
+    """Inline SVG grouped bar chart in % (0–100): one group per label, one bar per series
+    (colours of ``COLORS``), a dotted chance line, an optional dashed reference line (label, value),
+    value labels on the bars and a legend."""
+    names = list(dict.fromkeys(k for _, g in groups for k in g))
+    bar, gap = 14, 14
+    pad_l, pad_b, pad_t, pad_r = 40, 70, 8, 8
+    gw = bar * max(len(names), 1) + gap
+    w = gw * max(len(groups), 1)
+    width, h = pad_l + w + pad_r, height - pad_b - pad_t
+    width = max(width, 420)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img">']
+    _axes(parts, pad_l, pad_t, w, h, ylabel)
+    for gi, (label, g) in enumerate(groups):
+        x = pad_l + gi * gw + gap / 2
+        for k in names:
+            v = g.get(k)
+            if v is not None:
+                top = pad_t + h * (1 - v)
+                parts.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="{bar - 1}" height="{pad_t + h - top:.1f}" '
+                             f'fill="{COLORS.get(k, "#333")}"><title>{html.escape(label)} · {html.escape(k)}: '
+                             f'{100 * v:.1f}%</title></rect>'
+                             f'<text x="{x + bar / 2:.1f}" y="{top - 2:.1f}" font-size="8" text-anchor="middle">'
+                             f'{100 * v:.0f}</text>')
+            x += bar
+        cx = pad_l + gi * gw + gw / 2
+        parts.append(f'<text x="{cx:.1f}" y="{pad_t + h + 12}" font-size="10" text-anchor="end" '
+                     f'transform="rotate(-35 {cx:.1f} {pad_t + h + 12})">{html.escape(label)}</text>')
+    _chance(parts, pad_l, pad_t, w, h, chance)
+    items = [(f"trained on {k}", COLORS.get(k, "#333"), "") for k in names]
+    if reference is not None:
+        y = pad_t + h * (1 - reference[1])
+        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#1f77b4" '
+                     f'stroke-width="1.2" stroke-dasharray="6 3"/>')
+        items.append((reference[0], "#1f77b4", "6 3"))
+    if chance is not None:
+        items.append(("chance", "#555", "1 2"))
+    _legend(parts, pad_l, height - 4, items)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -81,8 +174,13 @@ def svg_curves(series: dict[str, list[dict]], width: int = 360, height: int = 20
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.broken{background:#fde0dc}.holds{background:#e3f4e3}
+.inconclusive,.no-verdict{background:#f3f3f3}.verdict{font-size:17px;line-height:1.45;max-width:900px}
 .grid img{margin:1px;image-rendering:pixelated}.curves{display:flex;flex-wrap:wrap;gap:12px}
 .curves figure{margin:0}figcaption{font-size:12px}.muted{color:#666;font-size:13px}"""
+
+
+def _rec(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
 
 
 def render_report(report: dict, assets: dict) -> str:
@@ -91,49 +189,90 @@ def render_report(report: dict, assets: dict) -> str:
     cells = report["cells"]
     by_key = {(c["arch"], c["defense"], c["train_data"]): c for c in cells}
     esc = html.escape
+    m = report["matrix"]
+    tc = report["train_config"]
+    summary = report["summary"]
+    chance = summary[0]["chance"] if summary else 1 / max(len(report["classes"]), 1)
+    robust = m.get("robust", {}).get("label")
+    val = m.get("validation") or {}
+    overrides = m.get("recipe_overrides") or {}
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>unlearnable: defended verification</title>"
            f"<style>{CSS}</style></head><body>",
            f"<h1>Defended verification of {esc(report['dataset'])} ({esc(report['mode'])}, "
            f"ε = {eps * 255:.3g}/255)</h1>",
-           f"<p class='muted'>{report['train_images']} protected training images, {report['test_images']} clean test "
-           f"images; surrogate {esc(str(report.get('surrogate')))}; device {esc(report['device'])}; "
-           f"{report['train_config']['epochs']} epoch(s) per model, lr {report['train_config']['lr']}, "
-           f"batch {report['train_config']['batch_size']}. Accuracy is on the clean test set. "
-           f"Robust accuracy: PGD-{report['cells'][0].get('robust_eval', {}).get('steps', '–') if cells else '–'} "
-           f"at ε = {report['matrix']['at']['eps'] * 255:.3g}/255. "
-           "“Recovered” = (protected peak − chance) / (clean peak − chance); the protection counts as "
-           "<b>broken</b> by a defense when it recovers at least half (no verdict when the clean model is within "
-           "10 points of chance).</p>"]
+           f"<p id='verdict' class='verdict'>{esc(report.get('verdict_text') or '')}</p>",
+           f"<p class='muted'>{report['train_images']} training images ({report.get('val_images', 0)} more held out "
+           f"for validation: the epoch of each model is chosen on the held-out part of the data it trains on, "
+           f"protected or clean), {report['test_images']} clean test images; surrogate "
+           f"{esc(str(report.get('surrogate')))}; device {esc(report['device'])}; {tc['epochs']} epoch(s) per model, "
+           f"shared recipe lr {tc['lr']}, weight decay {tc['weight_decay']}, {esc(tc['schedule'])}, batch "
+           f"{tc['batch_size']}"
+           + ("; paper recipes: " + "; ".join(f"{esc(d)} " + ", ".join(f"{esc(k)} {esc(str(v))}" for k, v in o.items())
+                                             for d, o in overrides.items()) if overrides else "") +
+           f". Accuracy is on the clean test set, at the chosen epoch unless marked. "
+           f"Robust accuracy: {esc(robust) if robust else 'not measured'}. "
+           "“Recovered” = (protected − chance) / (clean − chance) at the chosen epochs, against the clean model of the "
+           "same defense and against the standard clean model. Verdict: <b>broken</b> when the protected model recovers "
+           "at least half of the standard clean model; <b>inconclusive</b> when it recovers half of its own defense's "
+           "clean model but not of the standard one; <b>no verdict</b> when the defense's clean model is within "
+           f"{100 * m.get('chance_margin', 0.1):.0f} points of chance ({100 * chance:.0f}%); <b>holds</b> otherwise.</p>"]
+
+    groups = []
+    for r in summary:
+        lab = r["defense"] if len(m["archs"]) == 1 else f"{r['arch']} · {r['defense']}"
+        groups.append((lab, {k: (r.get(k) or {}).get("chosen_test_acc") for k in m["data"]}))
+    std = next((r["standard_clean_acc"] for r in summary if r.get("standard_clean_acc") is not None), None)
+    out.append("<h2>Clean test accuracy at the chosen epoch</h2><figure>" +
+               svg_bars(groups, chance, ("standard clean model", std) if std is not None else None) +
+               "<figcaption>Each bar: accuracy (%) on clean test images of a model trained through that defense on the "
+               "original (blue) or protected (red) training images, at the epoch chosen on validation data. Dashed "
+               "line: the standard model trained on the original images; dotted: random guessing.</figcaption></figure>")
 
     out.append("<h2>Summary</h2><table id='summary'><thead><tr><th class='l'>victim</th><th class='l'>defense</th>"
-               "<th>clean final</th><th>clean peak</th><th>protected final</th><th>protected peak</th>"
-               "<th>robust (clean / protected)</th><th>recovered</th><th class='l'>verdict</th></tr></thead><tbody>")
-    for r in report["summary"]:
+               "<th>clean chosen (epoch)</th><th>clean final</th><th>protected chosen (epoch)</th>"
+               "<th>protected final</th><th>protected test peak (oracle)</th>"
+               "<th>robust (clean / protected)</th><th>recovered vs same defense</th>"
+               "<th>recovered vs standard</th><th class='l'>verdict</th></tr></thead><tbody>")
+    for r in summary:
         cl, pr = r.get("clean") or {}, r.get("protected") or {}
         verdict = r.get("verdict") or "–"
-        rec = r.get("recovered")
-        out.append(f"<tr data-arch='{esc(r['arch'])}' data-defense='{esc(r['defense'])}' class='{verdict}'>"
+        why = f" title='{esc(r['reason'])}'" if r.get("reason") else ""
+        note = f"<br><small>{esc(r['reason'])}</small>" if r.get("reason") and r.get("verdict") else ""
+        out.append(f"<tr data-arch='{esc(r['arch'])}' data-defense='{esc(r['defense'])}' "
+                   f"class='{verdict.replace(' ', '-')}'{why}>"
                    f"<td class='l'>{esc(r['arch'])}</td><td class='l'>{esc(r['defense'])}</td>"
-                   f"<td>{_pct(cl.get('final_test_acc'))}</td><td>{_pct(cl.get('peak_test_acc'))}</td>"
+                   f"<td>{_pct(cl.get('chosen_test_acc'))} ({cl.get('chosen_epoch', '–')})</td>"
+                   f"<td>{_pct(cl.get('final_test_acc'))}</td>"
+                   f"<td>{_pct(pr.get('chosen_test_acc'))} ({pr.get('chosen_epoch', '–')})</td>"
                    f"<td>{_pct(pr.get('final_test_acc'))}</td><td>{_pct(pr.get('peak_test_acc'))}</td>"
                    f"<td>{_pct(cl.get('robust_acc'))} / {_pct(pr.get('robust_acc'))}</td>"
-                   f"<td>{'–' if rec is None else f'{rec:.2f}'}</td><td class='l'>{verdict}</td></tr>")
+                   f"<td>{_rec(r.get('recovered_vs_same'))}</td><td>{_rec(r.get('recovered_vs_standard'))}</td>"
+                   f"<td class='l'>{esc(verdict)}{note}</td></tr>")
     out.append("</tbody></table>")
 
-    out.append("<h2>Defenses</h2><table id='defenses'><tbody>")
-    for d, s in report.get("defense_summaries", {}).items():
-        out.append(f"<tr data-defense='{esc(d)}'><td class='l'>{esc(d)}</td><td class='l'>{esc(s)}</td></tr>")
+    out.append("<h2>Defenses</h2><table id='defenses'><thead><tr><th class='l'>defense</th><th class='l'>what it does</th>"
+               "<th class='l'>recipe</th></tr></thead><tbody>")
+    for d, s_ in report.get("defense_summaries", {}).items():
+        rc = (m.get("recipes") or {}).get(d)
+        rtxt = (f"lr {rc['lr']}, wd {rc['weight_decay']}, {rc['schedule']}, clip {rc['grad_clip']}"
+                + (" (paper)" if d in overrides else " (shared)")) if rc else "–"
+        out.append(f"<tr data-defense='{esc(d)}'><td class='l'>{esc(d)}</td><td class='l'>{esc(s_)}</td>"
+                   f"<td class='l'>{esc(rtxt)}</td></tr>")
     out.append("</tbody></table>")
 
-    out.append("<h2>Learning curves</h2><p class='muted'>Solid: clean test accuracy; dashed: training accuracy "
-               "(on the data the model trained on). <span style='color:#1f77b4'>Blue: trained on clean "
-               "images</span>, <span style='color:#d62728'>red: trained on protected images</span>. A protected "
-               "model with high training but low test accuracy learned the noise, not the images. (CAS trains with the "
-               "true class's channel mask, so its training accuracy reads high by construction.)</p><div class='curves'>")
-    for arch in report["matrix"]["archs"]:
-        for d in report["matrix"]["defenses"]:
-            series = {s: by_key[(arch, d, s)]["history"] for s in report["matrix"]["data"] if (arch, d, s) in by_key}
-            out.append(f"<figure>{svg_curves(series)}<figcaption>{esc(arch)} · {esc(d)}</figcaption></figure>")
+    out.append("<h2>Learning curves</h2><p class='muted'>Accuracy (%) per epoch. Solid: clean test accuracy; dashed: "
+               "training accuracy (on the data the model trained on); dotted: validation accuracy (held-out part of "
+               "the same training data); circle: the chosen epoch. Blue: trained on original images; red: trained on "
+               "protected images; grey dotted line: chance. A protected model with high training but low test "
+               "accuracy learned the noise, not the images. (CAS trains with the true class's channel mask, so its "
+               "training accuracy reads high by construction.)</p><div class='curves'>")
+    for arch in m["archs"]:
+        for d in m["defenses"]:
+            keys = [(arch, d, s_) for s_ in m["data"] if (arch, d, s_) in by_key]
+            series = {k[2]: by_key[k]["history"] for k in keys}
+            chosen = {k[2]: by_key[k].get("chosen_epoch") for k in keys}
+            out.append(f"<figure>{svg_curves(series, chance=chance, chosen=chosen)}"
+                       f"<figcaption>{esc(arch)} · {esc(d)}</figcaption></figure>")
     out.append("</div>")
 
     out.append("<h2>Before and after</h2><p class='muted'>One training image per class: original, protected, and the "
@@ -173,25 +312,116 @@ def render_report(report: dict, assets: dict) -> str:
         out.append("</tbody></table>")
 
     out.append("<h2>All runs</h2><table id='cells'><thead><tr><th class='l'>victim</th><th class='l'>defense</th>"
-               "<th class='l'>trained on</th><th>final</th><th>peak (epoch)</th><th>train acc</th><th>robust</th>"
+               "<th class='l'>trained on</th><th>chosen (epoch)</th><th>final</th><th>test peak, oracle (epoch)</th>"
+               "<th>train acc</th><th>robust</th>"
                "<th>minutes</th></tr></thead><tbody>")
     for c in cells:
         out.append(f"<tr data-cell='{esc(c['arch'])}--{esc(c['defense'])}--{esc(c['train_data'])}'>"
                    f"<td class='l'>{esc(c['arch'])}</td><td class='l'>{esc(c['defense'])}</td>"
-                   f"<td class='l'>{esc(c['train_data'])}</td><td>{_pct(c['final_test_acc'])}</td>"
+                   f"<td class='l'>{esc(c['train_data'])}</td>"
+                   f"<td>{_pct(c.get('chosen_test_acc'))} ({c.get('chosen_epoch', '–')})</td>"
+                   f"<td>{_pct(c['final_test_acc'])}</td>"
                    f"<td>{_pct(c['peak_test_acc'])} ({c['peak_epoch']})</td><td>{_pct(c['final_train_acc'])}</td>"
                    f"<td>{_pct(c.get('robust_acc'))}</td><td>{c['seconds'] / 60:.1f}</td></tr>")
     out.append("</tbody></table></body></html>")
     return "\n".join(out)
 
 
+def _write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a unique temp file beside ``path``, fsync, then rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_report(out_dir: str | os.PathLike) -> Path:
     """Render ``OUT/report.json`` + ``OUT/assets.pt`` into ``OUT/report.html`` (atomically)."""
     out = Path(out_dir)
     report = json.loads((out / "report.json").read_text())
-    assets = torch.load(out / "assets.pt")
-    path = out / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(report, assets), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    assets = torch.load(out / "assets.pt", weights_only=True)
+    return _write_text_atomic(out / "report.html", render_report(report, assets))
+
+
+def photo_verdict_text(report: dict) -> str:
+    """The plain-language paragraph of a photo-folder verification."""
+    acc = {r["trained_on"]: r["heldout_accuracy"] for r in report["runs"]}
+    chance = report["chance_heldout_accuracy"]
+    n = report["held_out_clean"]
+    head = {"holds": "Verdict: the protection worked.", "broken": "Verdict: the protection did not work.",
+            "no verdict": "No verdict."}[report["verdict"]]
+    body = (f" {n} of your photos were kept back unprotected as a test. A model trained the way a scraper would, on "
+            f"a {report['reference']} reference set plus your other photos, recognised "
+            f"{100 * acc['unprotected']:.0f}% of those test photos when it learned from the unprotected photos, and "
+            f"{100 * acc['protected']:.0f}% when it learned from the protected ones (random guessing: "
+            f"{100 * chance:.0f}%).")
+    if report["verdict"] == "no verdict":
+        tail = (" Even without protection the model did not learn to recognise your photos, so this run cannot show "
+                "whether the protection helps: use more photos per class or more epochs.")
+    else:
+        tail = (f" That is {report['recovered']:.0%} of the unprotected model's improvement over guessing; the protection "
+                "counts as working below half.")
+    return head + body + tail
+
+
+def render_photo_report(report: dict, examples: dict) -> str:
+    """The HTML text of a photo-folder verification (``verify-photos.json`` plus example images:
+    ``clean``/``protected`` uint8 (N, 3, H, W) as the scraper saw them, and their file ``names``)."""
+    esc = html.escape
+    chance = report["chance_heldout_accuracy"]
+    runs = {r["trained_on"]: r for r in report["runs"]}
+    series = {k: [{"test_acc": a} for a in r.get("heldout_curve", [])] for k, r in runs.items()}
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>unlearnable: photo verification</title>"
+           f"<style>{CSS}</style></head><body>",
+           f"<h1>Does protecting {esc(report['folder'])} stop a model from learning it?</h1>",
+           f"<p id='verdict' class='verdict'>{esc(photo_verdict_text(report))}</p>",
+           f"<p class='muted'>{report['photos']} photos in {len(report['classes'])} class(es); "
+           f"{report['protected_for_training']} protected and used for training, {report['held_out_clean']} held out "
+           f"clean. Reference: {esc(report['reference'])}, {report['reference_train_images']} training images of "
+           f"{len(report['reference_classes'])} classes. Scraper: resize to {report['scraper']['size']} px, JPEG "
+           f"quality {report['scraper']['jpeg_quality']}, {esc(report['scraper']['augment'])}. Victim "
+           f"{esc(report['victim'])}, {report['train']['epochs']} epochs, lr {report['train']['lr']}. Protection: "
+           f"ε = {report['protection']['eps_255']:.3g}/255. Held-out accuracy: the share of held-out photos put in "
+           f"their own class, after the last epoch (chance {100 * chance:.1f}%).</p>",
+           "<h2>Held-out photos recognised</h2><table id='runs'><thead><tr><th class='l'>victim trained on</th>"
+           "<th>held-out accuracy</th><th>photo train accuracy</th>"
+           f"<th>{esc(report['reference'])} test accuracy</th></tr></thead><tbody>"]
+    for k, r in runs.items():
+        out.append(f"<tr data-run='{esc(k)}'><td class='l'>{esc(k)} photos</td><td>{_pct(r['heldout_accuracy'])}</td>"
+                   f"<td>{_pct(r['photo_train_accuracy'])}</td><td>{_pct(r['reference_test_accuracy'])}</td></tr>")
+    out.append("</tbody></table>")
+    out.append("<div class='curves'><figure>" +
+               svg_bars([("held-out photos", {k: r["heldout_accuracy"] for k, r in runs.items()})], chance,
+                        ylabel="held-out accuracy (%)") +
+               "<figcaption>Held-out accuracy (%) after the last epoch; blue: victim trained on the unprotected "
+               "photos, red: on the protected photos; dotted: chance.</figcaption></figure>")
+    out.append("<figure>" + svg_curves(series, chance=chance) +
+               "<figcaption>Held-out accuracy (%) per epoch (solid) of each victim.</figcaption></figure></div>")
+    if len(examples.get("clean", [])):
+        diff = examples["protected"].float() - examples["clean"].float()
+        out.append("<h2>Before and after (as the scraper sees them)</h2><p class='muted'>Training photos after the "
+                   f"scraper's resize and JPEG: original, protected, and the difference amplified ×"
+                   f"{127.5 / max(float(diff.abs().max()), 1):.0f} (grey = unchanged).</p><table id='images' class='grid'>"
+                   "<thead><tr><th class='l'>row</th>" + "".join(f"<th>{esc(n)}</th>" for n in examples["names"]) +
+                   "</tr></thead><tbody>")
+        scale = max(float(diff.abs().max()), 1.0)
+        for label, imgs in (("original", examples["clean"]), ("protected", examples["protected"]),
+                            ("difference", (0.5 + diff / (2 * scale)).clamp(0, 1))):
+            out.append(f"<tr><td class='l'>{esc(label)}</td>" +
+                       "".join(f"<td>{_img(png_data_uri(im, 3), f'{label} {n}')}</td>"
+                               for im, n in zip(imgs, examples["names"])) + "</tr>")
+        out.append("</tbody></table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_photo_report(path: str | os.PathLike, report: dict, examples: dict) -> Path:
+    """Render a photo-folder verification into ``path`` (atomically)."""
+    return _write_text_atomic(Path(path), render_photo_report(report, examples))

@@ -8,8 +8,8 @@ Layouts looked for under the root:
 - ``cifar100``: ``cifar-100-python/{train,test,meta}``
 - ``fashion-mnist``: ``FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
 - ``svhn``: ``svhn/{train,test}_32x32.mat`` (needs scipy)
-- any other name is taken as a path to an ImageFolder tree (``class/*.png``), optionally
-  with ``train/`` and ``test/`` sub-trees.
+- any other name is taken as a path to an ImageFolder tree (``class/**/*.png``, any of
+  ``IMAGE_EXTENSIONS``), optionally with ``train/`` and ``test/`` sub-trees.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import DataNotFoundError, UnlearnableError
 
@@ -167,36 +167,134 @@ def load_svhn(root: Path, split: str) -> ImageTensors:
     return ImageTensors(images, labels, [str(i) for i in range(10)], "svhn")
 
 
-def load_imagefolder(path: str | os.PathLike, size: int | None = None) -> ImageTensors:
-    """Read ``path/<class>/<image>`` into tensors. Classes are sorted subfolder names, files
-    sorted by name; all images must share one size unless ``size`` resizes them to size x size.
-    ``meta['files']`` keeps each image's path relative to ``path``."""
+def read_image_file(path: str | os.PathLike, size: int | None = None, channels: int | None = None) -> np.ndarray:
+    """Decode one image file as a dataset reader sees it: (H, W, C) uint8, upright (EXIF orientation
+    applied, as every viewer shows it), C = 1 for grayscale else 3 (alpha dropped, palette and CMYK
+    converted by Pillow, 16-bit grayscale rounded to the nearest 8-bit level), squashed to ``size`` x
+    ``size`` with bicubic resampling if ``size`` is given, and forced to ``channels`` (1: luminance,
+    3: RGB) if given. Raises :class:`UnlearnableError` naming the file when it cannot be read."""
+    return _decode(path, size, channels)[0]
+
+
+def _decode(path: str | os.PathLike, size: int | None, channels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image_file`, plus the (height, width) of the upright image before resizing."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            native = (im.size[1], im.size[0])
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                a = np.asarray(im).astype(np.int64)
+                im = Image.fromarray(np.clip((a + 128) // 257, 0, 255).astype(np.uint8))
+            gray = channels == 1 or (channels is None and im.mode in ("L", "LA", "1"))
+            mode = "L" if gray else "RGB"
+            im = im.convert(mode) if im.mode != mode else im
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC)
+            arr = np.asarray(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnlearnableError(f"cannot read image {path}: {e}") from None
+    return (arr[:, :, None] if arr.ndim == 2 else arr), native
+
+
+def _walk_images(base: Path, cls: str, files: list[str], skipped: list[tuple[str, str]]) -> None:
+    """Append the image files under ``base/cls`` (recursively, sorted, hidden entries skipped) to
+    ``files`` as POSIX paths relative to ``base``; other files go to ``skipped`` with a reason.
+    An unreadable sub-folder is an error: silently dropping part of a class would change the dataset."""
+    def onerror(e: OSError) -> None:
+        raise UnlearnableError(f"cannot read folder {e.filename}: {e.strerror or e}")
+
+    for folder, dirs, names in os.walk(base / cls, onerror=onerror):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel_folder = Path(folder).relative_to(base)
+        for name in sorted(names):
+            rel = (rel_folder / name).as_posix()
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(rel)
+            else:
+                skipped.append((rel, "not an image extension (" + ", ".join(IMAGE_EXTENSIONS) + ")"))
+
+
+def scan_imagefolder(path: str | os.PathLike) -> tuple[list[str], list[str], list[int], list[tuple[str, str]]]:
+    """Find the images of an ImageFolder tree without decoding them: (classes, files, labels,
+    skipped) as described in :func:`load_imagefolder`."""
     base = Path(path)
     if not base.is_dir():
         raise DataNotFoundError(f"image folder not found: {base}")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    try:
+        classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise UnlearnableError(f"cannot read folder {base}: {e.strerror or e}") from None
     if not classes:
         raise UnlearnableError(f"{base} has no class subfolders (expected {base}/<class>/<image>.png)")
-    arrays, labels, files = [], [], []
+    files: list[str] = []
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
     for k, cls in enumerate(classes):
-        for f in sorted((base / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            with Image.open(f) as im:
-                im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
-                if size is not None:
-                    im = im.resize((size, size), Image.Resampling.BICUBIC)
-                arr = np.asarray(im)
-            arrays.append(arr if arr.ndim == 3 else arr[:, :, None])
-            labels.append(k)
-            files.append(f"{cls}/{f.name}")
-    if not arrays:
+        found: list[str] = []
+        _walk_images(base, cls, found, skipped)
+        files += sorted(found)
+        labels += [k] * len(found)
+    if not files:
         raise UnlearnableError(f"no images found under {base}")
+    return classes, files, labels, skipped
+
+
+def image_file_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as :func:`read_image_file` shows it (upright), read from its
+    header without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnlearnableError(f"cannot read image {path}: {e}") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def load_imagefolder(path: str | os.PathLike, size: int | None = None) -> ImageTensors:
+    """Read ``path/<class>/**/<image>`` into tensors. Classes are the sorted (non-hidden) subfolder
+    names; each class's images are found recursively and sorted by relative path, so the index of an
+    image is stable. Images are decoded by :func:`read_image_file` (upright; alpha dropped); if some
+    are grayscale and some colour, all become RGB. All images must share one size unless ``size``
+    squashes every one to ``size`` x ``size``.
+
+    ``meta``: ``files`` (each image's POSIX path relative to ``path``, in index order), ``sizes``
+    ((height, width) of each file as decoded, before any resizing), ``root`` (``path``) and
+    ``skipped`` ((relative path, reason) of the non-image files found in class folders)."""
+    base = Path(path)
+    classes, files, labels, skipped = scan_imagefolder(base)
+    decoded = [_decode(base / f, size, None) for f in files]
+    arrays, sizes = [d[0] for d in decoded], [d[1] for d in decoded]
+    if len({a.shape[2] for a in arrays}) > 1:  # mixed grayscale and colour: all RGB
+        arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise UnlearnableError(f"images under {base} have different sizes {sorted(shapes)[:3]}...; pass a size to resize them")
+        raise UnlearnableError(f"images under {base} have different sizes {sorted(shapes)[:3]}...; "
+                               "pass a size to resize them (protect-dataset: --work-size)")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageTensors(images, torch.tensor(labels), classes, str(base), {"files": files})
+    return ImageTensors(images, torch.tensor(labels, dtype=torch.int64), classes, str(base),
+                        {"files": files, "sizes": sizes, "root": str(base), "skipped": skipped})
+
+
+def imagefolder_root(name: str | os.PathLike, split: str = "train") -> Path | None:
+    """The folder :func:`load_dataset` reads ``split`` of an ImageFolder dataset from (``name/split``
+    if it exists, else ``name`` itself for 'train' when there is no ``test/``); None when ``name`` is a
+    built-in dataset name. Raises :class:`DataNotFoundError` for a folder without that split."""
+    key = str(name).lower().replace("_", "-")
+    key = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fashionmnist": "fashion-mnist"}.get(key, key)
+    if key in DATASETS:
+        return None
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise UnlearnableError(f"unknown dataset {str(name)!r}: choose one of {', '.join(DATASETS)} "
+                               "or give the path of an ImageFolder directory")
+    if (folder / split).is_dir():
+        return folder / split
+    if split == "train" and not (folder / "test").is_dir():
+        return folder
+    raise DataNotFoundError(f"{folder} has no {split}/ sub-folder")
 
 
 DATASETS: dict[str, Callable[[Path, str], ImageTensors]] = {
@@ -212,20 +310,12 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     """Load ``split`` ('train' or 'test') of a named dataset or ImageFolder path as uint8 tensors."""
     if split not in ("train", "test"):
         raise UnlearnableError(f"split must be 'train' or 'test', not {split!r}")
+    folder = imagefolder_root(name, split)
+    if folder is not None:
+        return load_imagefolder(folder, size)
     key = name.lower().replace("_", "-")
     key = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fashionmnist": "fashion-mnist"}.get(key, key)
-    if key in DATASETS:
-        return DATASETS[key](resolve_data_root(root), split)
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        sub = folder / split
-        if sub.is_dir():
-            return load_imagefolder(sub, size)
-        if split == "train" and not (folder / "test").is_dir():
-            return load_imagefolder(folder, size)
-        raise DataNotFoundError(f"{folder} has no {split}/ sub-folder")
-    raise UnlearnableError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} "
-                           "or give the path of an ImageFolder directory")
+    return DATASETS[key](resolve_data_root(root), split)
 
 
 def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -247,4 +337,5 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
 
 
 __all__ = ["ImageTensors", "DATASETS", "load_dataset", "load_imagefolder", "balanced_subset",
-           "resolve_data_root", "IMAGE_EXTENSIONS"]
+           "resolve_data_root", "read_image_file", "image_file_size", "imagefolder_root", "scan_imagefolder",
+           "IMAGE_EXTENSIONS"]

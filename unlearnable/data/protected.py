@@ -1,11 +1,28 @@
-"""On-disk form of a protected dataset, as a scraper (and ``unlearnable verify``) reads it::
+"""On-disk form of a protected dataset, as a scraper (and ``unlearnable verify``) reads it.
 
-    OUT/protected.json        manifest: source dataset and indices, settings, rounds, budget check
-    OUT/train/<class>/<i>.png protected images, uint8 PNG, <i> = index in the source training set
+Two layouts of the images, recorded as ``layout`` in the manifest:
+
+- ``indexed`` (built-in datasets, which have no file names)::
+
+    OUT/train/<class>/<i>.png       protected images, uint8 PNG, <i> = index in the source training set
+
+- ``imagefolder`` (an ImageFolder path): the source's training tree, written back under ``OUT/train/``
+  with the same relative paths, file names and formats (``mydata/train/cat/a.jpg`` or, for a tree
+  without ``train/``, ``mydata/cat/a.jpg`` -> ``OUT/train/cat/a.jpg``); ``images`` in the manifest
+  lists each file in index order with its label and the change measured on the written file.
+
+Both::
+
+    OUT/protected.json        manifest: source dataset and indices, settings, rounds, budget check,
+                              measured change of the written files
     OUT/indices.npy           int64 (N,): source-training-set index of each protected image
-    OUT/perturbation.npy      float16 raw δ in [-ε, ε]: (N, C, H, W) sample-wise, (K, C, H, W) class-wise
+    OUT/perturbation.npy      float16 raw δ in [-ε, ε] at the working size (C, H, W):
+                              (N, C, H, W) sample-wise (row i <-> indices[i]), (K, C, H, W) class-wise
+    OUT/.unlearnable/         the run's journal of written files and its lock (see ``photos/outdir.py``)
 
-``protected.json`` is written last, so its presence marks a complete output.
+The images sit one level down (``OUT/train/``) so that a loader pointed at that folder sees only
+classes, never the manifest, the state folder or ``OUT/verify/``. ``protected.json`` is written
+last, so its presence marks a complete output.
 """
 from __future__ import annotations
 
@@ -19,10 +36,12 @@ import torch
 from PIL import Image
 
 from ..errors import DataNotFoundError, UnlearnableError
-from .datasets import ImageTensors
+from .datasets import ImageTensors, read_image_file
 
 FORMAT = "unlearnable-protected-dataset/1"
 MANIFEST = "protected.json"
+IMAGES_DIR = "train"
+LAYOUT_INDEXED, LAYOUT_IMAGEFOLDER = "indexed", "imagefolder"
 
 
 def class_dir_name(k: int, name: str) -> str:
@@ -37,30 +56,17 @@ def write_json_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_protected(out_dir: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor,
-                   classes: list[str], source_indices: torch.Tensor, delta: torch.Tensor,
-                   manifest: dict) -> Path:
-    """Write the protected uint8 ``images`` (N, C, H, W) with their ``labels`` and the raw ``delta``;
-    ``manifest`` is completed with the layout fields and written last. Returns the manifest path."""
-    out = Path(out_dir)
+def indexed_file(class_dir: str, index: int, width: int) -> str:
+    """Path under OUT of image ``index`` in the ``indexed`` layout: ``train/<class_dir>/<index>.png``."""
+    return f"{IMAGES_DIR}/{class_dir}/{index:0{width}d}.png"
+
+
+def class_dirs(classes: list[str]) -> list[str]:
+    """Folder names of the ``indexed`` layout: safe, unique names derived from the class names."""
     dirs = [class_dir_name(k, c) for k, c in enumerate(classes)]
     if len(set(dirs)) != len(dirs):
         dirs = [f"{k:03d}_{d}" for k, d in enumerate(dirs)]
-    width = max(5, len(str(int(source_indices.max()) if len(source_indices) else 0)))
-    for d in dirs:
-        (out / "train" / d).mkdir(parents=True, exist_ok=True)
-    arr = images.permute(0, 2, 3, 1).cpu().numpy()
-    for i, (img, y, src) in enumerate(zip(arr, labels.tolist(), source_indices.tolist())):
-        pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
-        pil.save(out / "train" / dirs[y] / f"{src:0{width}d}.png", compress_level=1)
-    np.save(out / "indices.npy", source_indices.cpu().numpy().astype(np.int64))
-    np.save(out / "perturbation.npy", delta.cpu().numpy().astype(np.float16))
-    manifest = dict(manifest, format=FORMAT, classes=list(classes), class_dirs=dirs,
-                    num_images=int(images.shape[0]), image_shape=list(images.shape[1:]),
-                    files={"images": "train/<class_dir>/<source index>.png", "indices": "indices.npy",
-                           "perturbation": "perturbation.npy"})
-    write_json_atomic(manifest, out / MANIFEST)
-    return out / MANIFEST
+    return dirs
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict:
@@ -68,23 +74,45 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     if not path.exists():
         raise DataNotFoundError(f"{path} not found: {out_dir} is not a finished protected dataset "
                                 "(run `unlearnable protect-dataset ... -o DIR` first)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UnlearnableError(f"{path} is not a readable manifest ({type(e).__name__}: {e}); it is damaged "
+                               "or not written by unlearnable") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        manifest = manifest if isinstance(manifest, dict) else {}
         raise UnlearnableError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
 
 
 def load_protected(out_dir: str | os.PathLike) -> tuple[ImageTensors, dict]:
-    """The protected training set in source-index order (as saved), and its manifest."""
+    """The protected training set in source-index order (as saved), and its manifest. Pixels are the
+    written files decoded (for JPEG outputs, what a scraper decodes, not the pre-encoding values);
+    in the ``imagefolder`` layout each file is read like the source was (``read_image_file``, squashed
+    to the working size when the noise was searched at one). ``meta``: ``indices`` and, for
+    ``imagefolder``, ``files`` (paths under ``OUT/train``)."""
     out = Path(out_dir)
     manifest = read_manifest(out)
-    indices = np.load(out / "indices.npy")
-    pos = {int(s): i for i, s in enumerate(indices)}
+    indices = np.load(out / "indices.npy", allow_pickle=False)
     c, h, w = manifest["image_shape"]
+    if manifest.get("layout", LAYOUT_INDEXED) == LAYOUT_IMAGEFOLDER:
+        images, labels, files = _read_tree(out, manifest, indices, c, h, w)
+        meta = {"indices": indices, "files": files}
+    else:
+        images, labels = _read_indexed(out, manifest, indices, c, h, w)
+        meta = {"indices": indices}
+    ds = ImageTensors(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
+                      manifest["classes"], f"protected:{manifest.get('dataset', out)}", meta)
+    return ds, manifest
+
+
+def _read_indexed(out: Path, manifest: dict, indices: np.ndarray, c: int, h: int, w: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    pos = {int(s): i for i, s in enumerate(indices)}
     images = np.zeros((len(indices), h, w, c), dtype=np.uint8)
     labels = np.full(len(indices), -1, dtype=np.int64)
     for k, d in enumerate(manifest["class_dirs"]):
-        for f in (out / "train" / d).glob("*.png"):
+        for f in (out / IMAGES_DIR / d).glob("*.png"):
             i = pos.get(int(f.stem)) if f.stem.isdigit() else None
             if i is None:
                 raise UnlearnableError(f"{f} is not one of the protected images listed in indices.npy")
@@ -94,6 +122,30 @@ def load_protected(out_dir: str | os.PathLike) -> tuple[ImageTensors, dict]:
             labels[i] = k
     if (labels < 0).any():
         raise UnlearnableError(f"{out} is missing {(labels < 0).sum()} protected images")
-    ds = ImageTensors(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
-                      manifest["classes"], f"protected:{manifest.get('dataset', out)}", {"indices": indices})
-    return ds, manifest
+    return images, labels
+
+
+def _read_tree(out: Path, manifest: dict, indices: np.ndarray, c: int, h: int, w: int
+               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    entries = manifest["images"]
+    if len(entries) != len(indices) or any(int(e["index"]) != int(s) for e, s in zip(entries, indices)):
+        raise UnlearnableError(f"{out / MANIFEST}: its image list does not match indices.npy")
+    classes = manifest["classes"]
+    resize = h if manifest.get("resized") else None
+    images = np.zeros((len(entries), h, w, c), dtype=np.uint8)
+    labels = np.zeros(len(entries), dtype=np.int64)
+    files = []
+    for i, e in enumerate(entries):
+        rel, k = str(e["file"]), int(e["label"])
+        parts = Path(rel).parts
+        if not parts or parts[0] != classes[k] or ".." in parts or Path(rel).is_absolute():
+            raise UnlearnableError(f"{out / MANIFEST}: entry {rel!r} is not under its class folder {classes[k]!r}")
+        path = out / IMAGES_DIR / rel
+        if not path.is_file():
+            raise UnlearnableError(f"{path} is missing: {out} is not a complete protected dataset")
+        a = read_image_file(path, resize, c)
+        if a.shape != (h, w, c):
+            raise UnlearnableError(f"{path} decodes to {a.shape}, not the protected set's {(h, w, c)}")
+        images[i], labels[i] = a, k
+        files.append(rel)
+    return images, labels, files

@@ -8,6 +8,7 @@ units; the device is the model's.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -30,19 +31,22 @@ class PGD:
     ``minimize=True`` descends the loss (error-minimising noise, the min-min inner problem);
     ``minimize=False`` ascends it (adversarial examples). The model is run in eval mode
     (BatchNorm statistics frozen, as in both reference codes) and restored afterwards;
-    only the input gradient is computed, never the weights'.
+    only the input gradient is computed, never the weights'. ``amp=True`` runs the forward
+    under bf16 autocast on CUDA (attacks, adversarial training); ``amp=False`` keeps it fp32,
+    as the noise search needs: near 1 a bf16 input's spacing (2⁻⁸) exceeds a 0.8/255 step.
     """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  random_start: bool = False, minimize: bool = False,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, amp: bool = True) -> None:
         if eps <= 0:
             raise UnlearnableError(f"epsilon must be > 0, got {eps}")
         if alpha <= 0 or steps < 1:
             raise UnlearnableError("PGD needs a positive step size and at least one step")
         self.model, self.eps, self.alpha, self.steps = model, eps, alpha, steps
         self.random_start, self.minimize, self.loss_fn, self.generator = random_start, minimize, loss_fn, generator
+        self.amp = amp
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor,
                 delta: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,7 +66,7 @@ class PGD:
         try:
             for _ in range(self.steps):
                 delta.requires_grad_(True)
-                with autocast(images.device):
+                with autocast(images.device) if self.amp else nullcontext():
                     logits = self.model(images + delta)
                 loss = self.loss_fn(logits.float(), labels)
                 (grad,) = torch.autograd.grad(loss, delta)

@@ -32,13 +32,24 @@ def upsample_noise(delta: torch.Tensor, height: int, width: int) -> torch.Tensor
     return torch.einsum("hs,cst,wt->chw", a_h, delta.float(), a_w)
 
 
-def apply_noise(pixels: np.ndarray, delta: torch.Tensor, strip: int = 256) -> tuple[np.ndarray, int]:
+EPS_TOLERANCE = 1e-6  # float32 rounding of a δ that was projected onto [-ε, ε]
+
+
+def apply_noise(pixels: np.ndarray, delta: torch.Tensor, strip: int = 256,
+                eps: float | None = None) -> tuple[np.ndarray, int]:
     """Add δ ((3, S, S) float in pixel units [-ε, ε]) to ``pixels`` ((H, W, C) uint8 or uint16, C = 1 or 3).
 
     Grayscale photos get the channel mean of δ (the noise stays gray). Returns the perturbed pixels
-    (same shape and dtype) and the largest per-pixel change in integer levels."""
+    (same shape and dtype) and the largest per-pixel change in integer levels. With ``eps`` given, a δ
+    over budget (‖δ‖∞ > ε, e.g. loaded from a tampered file) or not finite raises ``ValueError``
+    before any pixel is touched."""
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ValueError(f"pixels must be (H, W, 1|3), got {pixels.shape}")
+    if eps is not None:
+        worst_delta = float(delta.abs().max()) if delta.numel() else 0.0
+        if not np.isfinite(worst_delta) or worst_delta > eps + EPS_TOLERANCE:
+            raise ValueError(f"noise exceeds its budget: max |δ| = {worst_delta * 255:.3g}/255 "
+                             f"> ε = {eps * 255:.3g}/255")
     max_level = float(np.iinfo(pixels.dtype).max)
     h, w, c = pixels.shape
     d = delta.float()

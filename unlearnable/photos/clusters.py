@@ -71,7 +71,26 @@ def default_clusters(n: int) -> int:
 def pseudo_labels(model: nn.Module, images: torch.Tensor, k: int | None = None,
                   seed: int = 0) -> tuple[torch.Tensor, list[str]]:
     """(labels (N,), names) of pseudo-classes for uint8 photos (N, C, S, S) by k-means on features."""
-    k = k or default_clusters(len(images))
-    labels = kmeans(penultimate_features(model, images), k, seed)
-    names = [f"cluster-{i}" for i in range(int(labels.max()) + 1)]
+    labels, names, _ = pseudo_labels_with_centroids(model, images, k, seed)
     return labels, names
+
+
+def pseudo_labels_with_centroids(model: nn.Module, images: torch.Tensor, k: int | None = None,
+                                 seed: int = 0) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """:func:`pseudo_labels` plus the clusters' centroids (K, D) in feature space, so that photos added
+    later can join the nearest existing cluster (:func:`nearest_cluster`) and keep its pattern."""
+    if k is not None and k < 1:
+        raise ValueError(f"the number of clusters must be >= 1, got {k}")
+    k = k or default_clusters(len(images))
+    feats = penultimate_features(model, images)
+    labels = kmeans(feats, k, seed)
+    names = [f"cluster-{i}" for i in range(int(labels.max()) + 1)]
+    onehot = F.one_hot(labels, len(names)).float()
+    centroids = (onehot.t() @ feats) / onehot.sum(0).clamp(min=1)[:, None]
+    return labels, names, centroids
+
+
+def nearest_cluster(model: nn.Module, images: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index (N,) of the nearest centroid (K, D) for uint8 photos (N, C, S, S), by the features of
+    :func:`penultimate_features` (the assignment step of k-means, without moving the centroids)."""
+    return torch.cdist(penultimate_features(model, images), centroids.float()).argmin(1)

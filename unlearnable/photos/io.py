@@ -5,12 +5,17 @@ The noise engine only sees pixels; everything about files lives here, so that a 
 one line in the report and never the batch, and an original is never touched:
 
 - :func:`discover` walks the inputs (symlink loops, hidden files, unicode names) and refuses
-  output folders that could overwrite originals or be re-protected on a rerun (:class:`UsageError`);
+  output folders that could overwrite originals or be re-protected on a rerun, and inputs inside
+  the output folder (:class:`UsageError`); unreadable folders are reported, never skipped silently;
 - :func:`read_photo` validates before decoding (empty, not an image, decompression bomb, animated,
   GIF, exotic pixel modes) and returns upright pixels plus what is needed to save them back
   (ICC profile, EXIF with orientation reset to 1 and GPS removed, DPI, XMP, ...); every failure
   is a :class:`PhotoError` with a one-line message;
-- :func:`write_photo` saves in the source's format and size, atomically (temp file + ``os.replace``).
+- :func:`write_photo` saves in the source's format and size, atomically (a uniquely named hidden
+  temp file, flushed, fsynced, size-checked and decoded again before it is renamed), and never
+  replaces a file the caller does not own; :func:`write_bytes_atomic` does the same for state files.
+  Temp files are named ``.<name>.unlearnable-<8 hex>.tmp`` (:data:`TEMP_PATTERN`), so a rerun can
+  remove the leftovers of a killed run without touching anything else.
 
 Pixels are uint8 in [0, 255] (uint16 in [0, 65535] for 16-bit grayscale), laid out (H, W, C).
 """
@@ -53,6 +58,11 @@ _TIFF_LOSSLESS = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "pack
 _TIFF_KEEP_TAGS = {269, 270, 271, 272, 274, 285, 305, 306, 315, 316, 33432, 0x8769, 0x8825}
 _ORIENTATION, _GPS_IFD, _XMP_TAG = 0x0112, 0x8825, 700
 _MAX_MESSAGE = 300
+# Extensions of formats we recognise but refuse (GIF: 256 colours erase the noise). A folder walk with
+# ``include_refused`` lists them as photos, so reading them fails with the reason, as for a named file.
+REFUSED_EXTENSIONS: tuple[str, ...] = (".gif",)
+# Our temp files: ``.<first 40 characters of the target's name>.unlearnable-<8 hex digits>.tmp``.
+TEMP_PATTERN = re.compile(r"\..{1,40}\.unlearnable-[0-9a-f]{8}\.tmp", re.DOTALL)
 
 
 class PhotoError(UnlearnableError):
@@ -102,20 +112,25 @@ class Photo:
 # discovery
 
 
-def discover(inputs: Sequence[Path], out: Path) -> tuple[list[PhotoFile], list[tuple[Path, str]]]:
+def discover(inputs: Sequence[Path], out: Path, problems: list[tuple[Path, str]] | None = None,
+             include_refused: bool = False) -> tuple[list[PhotoFile], list[tuple[Path, str]]]:
     """Find the photos under ``inputs`` (files and/or folders) and where each goes under ``out``.
 
     Returns ``(photos sorted by rel, skipped)``; ``skipped`` lists ``(path, reason)`` for entries under
     input folders that are not photos (other extensions, hidden files and folders, broken links,
     folders reached twice through symlinks): informational, not errors. A file named explicitly is
-    always included (``rel`` = its name, ``label`` = its folder's name). With exactly one input folder,
+    always included (``rel`` = its name, ``label`` = its folder's name). ``problems``, when given, receives
+    ``(path, reason)`` for folders and files that exist but cannot be read (they are then not in
+    ``skipped``: the caller reports them as failures). ``include_refused`` lists files with a refused
+    extension (:data:`REFUSED_EXTENSIONS`, GIF) as photos, so that reading them fails with the reason.
+    With exactly one input folder,
     ``rel`` is relative to it; with several inputs, folders contribute ``<folder name>/<relative path>``.
     ``label`` is the first-level subfolder (``photos/alice/2019/x.jpg`` -> ``alice``), or the input
     folder's own name for files directly in it.
 
     Raises :class:`UsageError` for a missing input, an ``out`` that is (or is inside) an input folder
-    or is an existing file, an output path that would land on an original, two photos with the same
-    output path, or no photos at all.
+    or is an existing file, an input inside ``out``, an output path that would land on an original,
+    two photos with the same output path, or no photos at all.
     """
     if not inputs:
         raise UsageError("no input files or folders given")
@@ -148,7 +163,7 @@ def discover(inputs: Sequence[Path], out: Path) -> tuple[list[PhotoFile], list[t
             photos.append(PhotoFile(p, Path(p.name), Path(os.path.abspath(p)).parent.name))
             continue
         name = Path(os.path.abspath(p)).name
-        for full in _walk(p, skipped):
+        for full in _walk(p, skipped, skipped if problems is None else problems, include_refused):
             inner = Path(os.path.relpath(full, p))
             label = inner.parts[0] if len(inner.parts) > 1 else name
             photos.append(PhotoFile(full, inner if single_folder else Path(name) / inner, label))
@@ -169,13 +184,16 @@ def discover(inputs: Sequence[Path], out: Path) -> tuple[list[PhotoFile], list[t
     return photos, skipped
 
 
-def _walk(folder: Path, skipped: list[tuple[Path, str]]) -> Iterator[Path]:
-    """Photo files under ``folder``, following symlinks but entering each real folder once."""
+def _walk(folder: Path, skipped: list[tuple[Path, str]], problems: list[tuple[Path, str]],
+          include_refused: bool = False) -> Iterator[Path]:
+    """Photo files under ``folder``, following symlinks but entering each real folder once; entries
+    that exist but cannot be read go to ``problems``, the rest that is not a photo to ``skipped``."""
     root = os.stat(folder)
     visited = {(root.st_dev, root.st_ino)}
+    wanted = PHOTO_EXTENSIONS + (REFUSED_EXTENSIONS if include_refused else ())
 
     def onerror(e: OSError) -> None:
-        skipped.append((Path(e.filename or folder), f"cannot read folder: {e.strerror or e}"))
+        problems.append((Path(e.filename or folder), f"cannot read folder: {e.strerror or e}"))
 
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
         keep = []
@@ -186,8 +204,11 @@ def _walk(folder: Path, skipped: list[tuple[Path, str]]) -> Iterator[Path]:
                 continue
             try:
                 st = os.stat(full)
+            except FileNotFoundError:
+                skipped.append((full, "broken symbolic link"))
+                continue
             except OSError as e:
-                skipped.append((full, f"cannot read folder: {e.strerror or e}"))
+                problems.append((full, f"cannot read folder: {e.strerror or e}"))
                 continue
             if (st.st_dev, st.st_ino) in visited:
                 skipped.append((full, "folder already searched (symbolic link loop or second link)"))
@@ -200,7 +221,7 @@ def _walk(folder: Path, skipped: list[tuple[Path, str]]) -> Iterator[Path]:
             suffix = Path(name).suffix.lower()
             if name.startswith("."):
                 skipped.append((full, "hidden file"))
-            elif suffix not in PHOTO_EXTENSIONS:
+            elif suffix not in wanted:
                 skipped.append((full, f"not a photo extension ({suffix or 'none'})"))
             else:
                 try:
@@ -209,7 +230,7 @@ def _walk(folder: Path, skipped: list[tuple[Path, str]]) -> Iterator[Path]:
                     skipped.append((full, "broken symbolic link"))
                     continue
                 except OSError as e:
-                    skipped.append((full, f"cannot access: {e.strerror or e}"))
+                    problems.append((full, f"cannot access: {e.strerror or e}"))
                     continue
                 if stat.S_ISREG(st.st_mode):
                     yield full
@@ -231,8 +252,9 @@ def _ancestor_ids(path: str) -> list[tuple[int, int, str]]:
 
 
 def _check_out_folder(out: Path, entries: list[tuple[Path, os.stat_result]]) -> None:
-    """Refuse an ``out`` that is an input file, an existing file, or an input folder or inside one.
-    Compared by (device, inode), so symlinks, ``..`` and case-insensitive file systems cannot fool it."""
+    """Refuse an ``out`` that is an input file, an existing file, or an input folder or inside one, and
+    an input that is inside ``out``. Compared by (device, inode), so symlinks, ``..`` and
+    case-insensitive file systems cannot fool it."""
     try:
         out_st = os.stat(out)
     except OSError:
@@ -253,6 +275,15 @@ def _check_out_folder(out: Path, entries: list[tuple[Path, os.stat_result]]) -> 
                     f"the output folder {out} {where} {p}; choose a folder outside the photos "
                     "(outputs there could overwrite originals and would be protected again on a rerun)"
                 )
+    if out_st is None:
+        return
+    for p, st in entries:  # an input inside OUT: outputs would land next to (or on) the user's own files
+        if any((dev, ino) == (out_st.st_dev, out_st.st_ino) for dev, ino, _ in _ancestor_ids(str(p))[1:]):
+            kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+            raise UsageError(
+                f"the input {kind} {p} is inside the output folder {out}; choose an output folder that holds "
+                "no inputs (outputs there could overwrite your own files)"
+            )
 
 
 def _check_destinations(out: Path, photos: list[PhotoFile], folders: list[tuple[Path, os.stat_result]]) -> None:
@@ -727,12 +758,43 @@ def _one_line(message: str) -> str:
 # writing
 
 
-def write_photo(path: Path, photo: Photo, pixels: np.ndarray, quality: int = 95) -> None:
+@dataclass
+class Written:
+    """What :func:`write_photo` left on disk, read back from the written bytes before the rename:
+    ``sha256`` and ``size`` of the file, and its ``pixels`` (and ``alpha``) as a scraper decodes them
+    (same layout as :class:`Photo`; for JPEG/lossy WebP/HEIF they differ from the pixels given)."""
+
+    sha256: str
+    size: int
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+
+
+class OutputError(UnlearnableError):
+    """A file of the run's own (manifest, state) cannot be written: full disk, read-only folder."""
+
+
+_LOSSLESS = {"PNG", "TIFF", "BMP"}
+
+
+def write_photo(path: Path, photo: Photo, pixels: np.ndarray, quality: int = 95,
+                may_replace: Callable[[Path], bool] | None = None,
+                before_rename: Callable[[str], None] | None = None) -> Written:
     """Save ``pixels`` (same shape and dtype as ``photo.pixels``) with ``photo.alpha`` re-attached, in
-    ``photo.format`` with its metadata, atomically: a hidden ``.tmp`` file in the target folder is
-    written, fsynced and ``os.replace``d onto ``path``; on failure it is removed and the existing
-    ``path`` (if any) is untouched. ``quality`` (1..100) applies to JPEG, lossy WebP and HEIF; JPEG at
-    >= 90 keeps full-resolution chroma (4:4:4). Raises :class:`PhotoError`."""
+    ``photo.format`` with its metadata, atomically, and return what was written (:class:`Written`).
+
+    A uniquely named hidden temp file in the target folder (:data:`TEMP_PATTERN`) is written, flushed
+    and fsynced; its size on disk must equal the bytes the encoder wrote, and it is read back and
+    decoded: it must decode to the same shape (and, for lossless formats, to exactly ``pixels``), so a
+    short write or a full disk never leaves a broken file under ``path``. Only then is it renamed onto
+    ``path``; on any failure it is removed and an existing ``path`` is untouched.
+
+    ``may_replace(path)``: called when ``path`` already exists (also a symlink); False refuses to replace
+    it (a file the caller did not write). When given and ``path`` does not exist, the temp file is
+    hard-linked to ``path`` (fails if something appeared there meanwhile) instead of renamed.
+    ``before_rename(sha256)``: called just before the file appears under ``path`` (to record it).
+    ``quality`` (1..100) applies to JPEG, lossy WebP and HEIF; JPEG at >= 90 keeps full-resolution
+    chroma (4:4:4). Raises :class:`PhotoError`."""
     path = Path(path)
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
@@ -750,17 +812,103 @@ def write_photo(path: Path, photo: Photo, pixels: np.ndarray, quality: int = 95)
             img.save(f, format=fmt, **params)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            _check_size(f.tell(), os.fstat(f.fileno()).st_size)
+        written = _read_back(Path(tmp), photo, pixels)
+        _place(tmp, path, may_replace, lambda: before_rename(written.sha256) if before_rename else None)
         tmp = None
         _fsync_dir(path.parent)
+        return written
+    except PhotoError as e:
+        e.path = path
+        raise
     except Exception as e:  # noqa: BLE001 - encoder or disk failure: one bad file, the batch goes on
-        raise PhotoError(f"cannot write {fmt}: {_describe(e)}", path) from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else _describe(e)
+        raise PhotoError(f"cannot write {fmt}: {why}", path) from None
     finally:
         if tmp is not None:
+            _remove_quietly(tmp)
+
+
+def write_bytes_atomic(path: Path, data: bytes, may_replace: Callable[[Path], bool] | None = None) -> None:
+    """Write ``data`` to ``path`` like :func:`write_photo` writes a photo (unique hidden temp file,
+    fsync, size and content read back and compared, then renamed; the temp is removed on failure).
+    Raises :class:`OutputError` with one line naming ``path``."""
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        fd, tmp = _create_temp(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            _check_size(len(data), os.fstat(f.fileno()).st_size)
+        if sha256_file(Path(tmp)) != hashlib.sha256(data).hexdigest():
+            raise OSError("the bytes read back differ from the bytes written")
+        _place(tmp, path, may_replace, lambda: None)
+        tmp = None
+        _fsync_dir(path.parent)
+    except (OSError, PhotoError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else _describe(e)
+        raise OutputError(f"cannot write {path}: {why}") from None
+    finally:
+        if tmp is not None:
+            _remove_quietly(tmp)
+
+
+def _check_size(expected: int, on_disk: int) -> None:
+    if on_disk != expected:
+        raise OSError(f"short write: {on_disk} of {expected} bytes reached the disk")
+
+
+def _read_back(tmp: Path, photo: Photo, pixels: np.ndarray) -> Written:
+    """Hash and decode the written temp file; refuse one that is incomplete or decodes wrongly."""
+    digest, size = sha256_file(tmp), os.stat(tmp).st_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            back = _read_photo(tmp, pixels.shape[0] * pixels.shape[1] + 1, True)
+    except Exception as e:  # noqa: BLE001 - whatever the decoder says, the file is not usable
+        raise PhotoError(f"the written {photo.format} file does not decode ({_describe(e)}); nothing was "
+                         "replaced (disk full or failing?)") from None
+    if back.pixels.shape != pixels.shape or back.pixels.dtype != pixels.dtype:
+        raise PhotoError(f"the written file decodes to {back.pixels.dtype} {tuple(back.pixels.shape)}, "
+                         f"not {pixels.dtype} {tuple(pixels.shape)}; nothing was replaced")
+    lossless = photo.format in _LOSSLESS or (photo.format == "WEBP" and photo.info.get("lossless"))
+    if lossless and (not np.array_equal(back.pixels, pixels) or (photo.alpha is not None and (
+            back.alpha is None or not np.array_equal(back.alpha, photo.alpha)))):
+        raise PhotoError(f"the written {photo.format} file decodes to other pixels than were encoded; "
+                         "nothing was replaced")
+    return Written(digest, size, back.pixels, back.alpha)
+
+
+def _place(tmp: str, path: Path, may_replace: Callable[[Path], bool] | None,
+           before: Callable[[], None]) -> None:
+    """Move the finished temp file to ``path``, refusing to replace a file ``may_replace`` rejects."""
+    if may_replace is not None:
+        exists = os.path.lexists(path)
+        if exists and not may_replace(path):
+            raise PhotoError(f"{path} exists and was not written by unlearnable; it was left untouched")
+        if not exists:
+            before()
             try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+                os.link(tmp, path)  # no-clobber: fails if a file appeared at path meanwhile
+            except FileExistsError:
+                raise PhotoError(f"{path} appeared during the run (not written by unlearnable); "
+                                 "it was left untouched") from None
+            except OSError:  # no hard links here (FAT, some network shares): rename instead
+                os.replace(tmp, path)
+                return
+            _remove_quietly(tmp)
+            return
+    before()
+    os.replace(tmp, path)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _to_image(photo: Photo, pixels: np.ndarray, path: Path) -> Image.Image:
@@ -858,10 +1006,10 @@ def _png_chunks(info: dict, xmp: bytes | None) -> PngImagePlugin.PngInfo | None:
 
 
 def _create_temp(path: Path) -> tuple[int, str]:
-    """Open a new hidden temp file next to ``path`` (``.<name>.<random>.tmp``), honouring the umask."""
+    """Open a new hidden temp file next to ``path`` (:data:`TEMP_PATTERN`), honouring the umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = str(path.parent / f".{path.name[:40]}.{secrets.token_hex(4)}.tmp")
+        tmp = str(path.parent / f".{path.name[:40]}.unlearnable-{secrets.token_hex(4)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

@@ -2,18 +2,32 @@
 
 Three phases, each resumable:
 
-1. *Previews*: every photo is decoded once at reduced scale and squashed to ``work_size`` ×
-   ``work_size``; its sha256 is recorded. Unreadable files get one error line and are left out.
-2. *Search*: ``photo_noise`` against the embedded (or a given) surrogate and reference bank. δ is
-   saved to ``OUT/.unlearnable/search.pt`` with the hashes it was searched for, so a crash in
-   phase 3 does not redo it.
-3. *Outputs*: each photo is decoded at full size, δ is upsampled onto it (``apply_noise``), the
-   result is written atomically in the source format, and its PSNR/SSIM are measured. The
-   manifest ``OUT/manifest.json`` is rewritten (atomically) after every photo; on a rerun,
-   photos whose recorded input and output hashes still match are skipped.
+1. *Previews*: every photo's sha256 is recorded; the photos that need a search (or, with
+   ``--label-free``, a cluster) are decoded once at reduced scale and squashed to ``work_size`` ×
+   ``work_size``. Unreadable files get one error line and are left out.
+2. *Search*: ``photo_noise`` against the embedded (or a given) surrogate and reference bank. The
+   patterns are saved to ``OUT/.unlearnable/search.pt`` with the hashes and classes they were
+   searched for, so a crash in phase 3 does not redo it, and *a class keeps one pattern*: a photo
+   added to a class after a finished run gets that class's stored pattern (``"pattern":
+   "class-reused"`` in its manifest entry); only classes without a stored pattern (and, sample-wise,
+   photos without one) are searched. Everything loaded is validated, the ε budget included
+   (‖δ‖∞ ≤ ε); a damaged, foreign or over-budget state is reported and searched again.
+3. *Outputs*: each photo is decoded at full size, δ is upsampled onto it (``apply_noise``), and it is
+   written in the source format by ``write_photo``, which decodes the written file again before
+   renaming it into place. That decode is what a scraper gets, so the manifest's ``max_change_levels``,
+   ``psnr`` and ``ssim`` describe the written file (for JPEG the change exceeds ε: compression adds to
+   the noise), next to the budget ``eps`` and the change the noise itself made (``noise_max_levels``).
+   ``OUT/manifest.json`` is rewritten atomically after every photo; on a rerun, photos whose recorded
+   input, pattern and output hashes still match are skipped.
+
+The output folder is guarded by ``outdir``: one run at a time (lock), no file the tool did not write
+is replaced (journal of written files; such a file makes the run refuse to start), no output through
+a symbolic link out of OUT, and temp files of a killed run are removed on the next run.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
@@ -27,19 +41,31 @@ import torch
 
 from .. import __version__
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
-from ..data.protected import write_json_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
-from ..metrics import psnr, ssim
+from ..metrics import max_abs_difference, psnr, ssim, ssim_defined
 from ..surrogate import DEFAULT_NAME, load_reference, load_surrogate
-from .apply import apply_noise
-from .clusters import pseudo_labels
-from .io import PhotoError, PhotoFile, discover, read_photo, read_preview, sha256_file, write_photo
-from .search import PhotoRound, PhotoSearchConfig, photo_noise
+from .apply import EPS_TOLERANCE, apply_noise
+from .clusters import nearest_cluster, pseudo_labels_with_centroids
+from .io import (OutputError, PhotoError, PhotoFile, UsageError, discover, read_photo, read_preview, sha256_file,
+                 write_bytes_atomic, write_photo)
+from .outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
+from .search import PhotoSearchConfig, photo_noise
 
 MANIFEST = "manifest.json"
-STATE_DIR = ".unlearnable"
+STATE = "search.pt"
 FORMAT = "unlearnable-protected-photos/1"
+MANIFEST_EVERY_S = 1.0  # while writing photos, the manifest is rewritten at most this often (and at the end)
+STATE_FORMAT = "unlearnable-photo-search/2"
+# What the manifest's figures measure (written into it, so that a reader need not guess).
+MEASURED = {
+    "eps": "noise budget: every pixel of the added noise is within ±ε before encoding",
+    "noise_max_levels": "largest change the noise made to a pixel before encoding (≤ round(ε · max level))",
+    "max_change_levels": "largest change of a pixel of the written file, as decoded, against the original as "
+                         "decoded (what a scraper gets; JPEG/lossy WebP/HEIF compression adds to the noise)",
+    "psnr_ssim": "PSNR (dB) and SSIM (Wang et al. 2004, 11x11 Gaussian window) of the written file as decoded "
+                 "against the original as decoded; SSIM is null below 11x11 pixels, both null with --no-metrics",
+}
 
 
 @dataclass
@@ -57,12 +83,24 @@ class PhotoProtectConfig:
     keep_gps: bool = False
     max_megapixels: float = 150.0
     workers: int = 2                # threads decoding/encoding photos (Pillow releases the GIL)
-    metrics: bool = True            # PSNR/SSIM of every output against its original
+    metrics: bool = True            # PSNR/SSIM of every written file against its original
     data_root: str | None = None
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        bad = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in (
+            ("work size", self.work_size, self.work_size >= 1, ">= 1"),
+            ("clusters", self.clusters, self.clusters is None or self.clusters >= 1, ">= 1"),
+            ("max megapixels", self.max_megapixels, self.max_megapixels > 0, "> 0"),
+            ("workers", self.workers, self.workers >= 1, ">= 1"),
+            ("quality", self.quality, 1 <= self.quality <= 100, "in 1..100"),
+            ("reference per class", self.reference_per_class, self.reference_per_class >= 1, ">= 1"),
+        ) if not ok]
+        if bad:
+            raise UsageError("; ".join(bad))
+
     def fingerprint(self) -> dict:
-        """The settings that change the noise (a rerun with other ones must not mix outputs)."""
+        """The settings that change the outputs (a rerun with other ones must not mix outputs)."""
         s = asdict(self)
         for k in ("workers", "metrics", "device", "data_root", "max_megapixels"):
             s.pop(k)
@@ -72,11 +110,411 @@ class PhotoProtectConfig:
 Event = Callable[[str, dict], None]
 
 
-def _entry_ok(entry: dict, out: Path, in_hash: str) -> bool:
-    if entry.get("status") != "ok" or entry.get("input_sha256") != in_hash:
-        return False
-    target = out / entry["output"]
-    return target.exists() and sha256_file(target) == entry.get("output_sha256")
+def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                   config: PhotoProtectConfig | None = None, on_event: Event | None = None) -> dict:
+    """Protect every photo under ``inputs`` into ``out_dir`` (same relative paths, formats and sizes).
+
+    Returns the manifest (also written to ``out_dir/manifest.json``). Per-file problems are recorded
+    as ``status: "error"`` entries, folders that cannot be read under ``unreadable``; if the manifest
+    itself could not be written (full disk), ``manifest_error`` says why. Raises :class:`UsageError`
+    (nothing written) for bad inputs or settings, an existing file in OUT that this tool did not write,
+    an output through a symbolic link, or another run holding OUT; :class:`OutputError` when OUT
+    cannot be written at all. ``on_event(kind, info)`` reports 'notice' ({'message'}), 'preview',
+    'round', 'search-progress' and 'photo' events."""
+    cfg = config or PhotoProtectConfig()
+    emit = on_event or (lambda kind, info: None)
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    unreadable: list[tuple[Path, str]] = []
+    photos, skipped = discover([Path(p) for p in inputs], out, unreadable, include_refused=True)
+    check_inside(out, [p.rel for p in photos])
+    dev = resolve_device(cfg.device)
+    surrogate, smeta = load_surrogate(cfg.surrogate, dev)
+    # read-only checks first, so that a refusal leaves nothing behind
+    journal = Journal(out)
+    _survey(out, journal)
+    _refuse_foreign(out, photos, journal)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    with OutputLock(out):
+        journal.reload()
+        run = _Run(cfg, out, emit, journal, smeta, dev, t_start, photos, skipped, unreadable)
+        return run.go(surrogate)
+
+
+def _survey(out: Path, journal: Journal) -> tuple[dict | None, str | None]:
+    """(our earlier manifest or None, why it is damaged or None). An OUT/manifest.json that is not ours
+    raises :class:`UsageError`; one that is unreadable counts as ours (and damaged) only if this tool
+    has worked in OUT before (its journal exists). Outputs it records are added to ``journal``."""
+    path = out / MANIFEST
+    if not os.path.lexists(path):
+        return None, None
+    if os.path.islink(path) or not path.is_file():
+        raise UsageError(f"{path} exists and is not a manifest written by unlearnable; refusing to replace it: "
+                         "move it away or choose another output folder")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        if journal.exists:
+            return None, f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        raise UsageError(f"{path} exists, is not valid JSON and no earlier run of unlearnable is recorded in "
+                         f"{out}; refusing to replace it: move it away or choose another output folder") from None
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt != FORMAT:
+        what = f"its format is {fmt!r}" if fmt is not None else "it has no unlearnable format field"
+        raise UsageError(f"{path} exists and was not written by unlearnable ({what}); refusing to replace it: "
+                         "move it away or choose another output folder")
+    data["images"] = [e for e in data.get("images", []) if isinstance(e, dict) and isinstance(e.get("output"), str)
+                      and isinstance(e.get("output_sha256"), str)] if isinstance(data.get("images"), list) else []
+    for e in data["images"]:
+        journal.add(e["output"], e["output_sha256"])
+    return data, None
+
+
+def _refuse_foreign(out: Path, photos: list[PhotoFile], journal: Journal) -> None:
+    """:class:`UsageError` if a file is at some output path and this tool did not write it (as it is)."""
+    foreign = [out / p.rel for p in photos if not journal.owns(out / p.rel)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        changed = journal.wrote_path(foreign[0])
+        why = "was changed since unlearnable wrote it" if changed else "was not written by unlearnable"
+        raise UsageError(f"{foreign[0]}{more} is in the output folder and {why}; refusing to overwrite it: "
+                         f"move {'them' if more else 'it'} away (or delete to redo) or choose another output folder")
+
+
+@dataclass
+class _Noise:
+    """The pattern a photo gets: δ (3, S, S) in [-ε, ε], its hash, and where it came from."""
+
+    delta: torch.Tensor
+    sha256: str
+    source: str  # "searched" (this run), "stored" (an earlier search that included it), "class-reused"
+    label: str   # its class
+
+
+class _Run:
+    """One protect run under the lock (state kept here rather than passed through ten functions)."""
+
+    def __init__(self, cfg, out, emit, journal, smeta, dev, t_start, photos, skipped, unreadable) -> None:
+        self.cfg, self.out, self.emit, self.journal = cfg, out, emit, journal
+        self.smeta, self.dev, self.t_start = smeta, dev, t_start
+        self.photos, self.skipped, self.unreadable = photos, skipped, unreadable
+        self.settings = json.loads(json.dumps(cfg.fingerprint()))  # as it reads back from the manifest
+        self.noise_settings = {k: v for k, v in self.settings.items() if k not in ("quality", "keep_gps")}
+        self.weights_file = Path(cfg.surrogate) if str(cfg.surrogate).endswith(".pt") else None
+        self.manifest_error: str | None = None
+        self.entries: dict[str, dict] = {}
+        self.search_info: dict = {"phase_seconds": {}}
+
+    def notice(self, message: str) -> None:
+        self.emit("notice", {"message": message})
+
+    def go(self, surrogate) -> dict:
+        cfg, out = self.cfg, self.out
+        sdir = state_dir(out)
+        prev, damaged = _survey(out, self.journal)
+        self.journal.touch()  # from now on OUT is known to be ours to work in
+        if damaged:
+            kept = sdir / f"manifest.damaged-{time.strftime('%Y%m%dT%H%M%S')}.json"
+            try:
+                os.replace(out / MANIFEST, kept)
+                where = f"kept as {kept}"
+            except OSError as e:
+                where = f"could not be moved aside ({e.strerror or e})"
+            self.notice(f"{out / MANIFEST} was damaged ({damaged}); {where}; redoing the work it recorded")
+        old: dict[str, dict] = {}
+        if prev is not None and prev.get("settings") == self.settings:
+            old = {e["output"]: e for e in prev["images"]}
+        removed = remove_leftovers(out, [p.rel for p in self.photos])
+        if removed:
+            self.notice(f"removed {len(removed)} temporary file(s) left by an interrupted run")
+
+        # phase 1: hashes
+        t0 = time.perf_counter()
+        hashed = _parallel(lambda p: _safe(sha256_file, p.path), self.photos, cfg.workers)
+        readable: list[tuple[PhotoFile, str]] = []
+        for p, (h, err) in zip(self.photos, hashed):
+            rel = p.rel.as_posix()
+            self.entries[rel] = {"input": str(p.path), "output": rel, "label": p.label}
+            if err:
+                self.entries[rel].update(status="error", error=err)
+            else:
+                self.entries[rel]["input_sha256"] = h
+                readable.append((p, h))
+
+        # phase 2: the noise of every readable photo (stored, or searched now)
+        noise = self.noise_for(readable, surrogate, t0)
+        todo = []
+        for p, h in readable:
+            rel, n = p.rel.as_posix(), noise.get(p.rel.as_posix())
+            if n is None:
+                continue  # its preview failed: already an error entry
+            self.entries[rel]["class"] = n.label
+            if rel in old and self.resumable(old[rel], h, n):
+                self.entries[rel] = {**old[rel], "input": str(p.path), "class": n.label, "resumed": True}
+            else:
+                self.entries[rel].update(pattern=n.source, pattern_sha256=n.sha256)
+                todo.append((p, h, n))
+
+        # phase 3: full-size outputs
+        t_write = time.perf_counter()
+        max_px = int(cfg.max_megapixels * 1e6)
+        pool = ThreadPoolExecutor(max_workers=cfg.workers)
+        futures = [pool.submit(_protect_one, p, h, n, out, cfg, max_px, self.journal) for p, h, n in todo]
+        last = time.perf_counter()
+        try:
+            for i, ((p, _, _), fut) in enumerate(zip(todo, futures)):
+                self.entries[p.rel.as_posix()].update(fut.result())
+                # recorded as it goes (at most every MANIFEST_EVERY_S: a 1000-photo manifest is ~1 MB), so
+                # an interrupted run resumes from there; the journal already records every file written
+                if time.perf_counter() - last >= MANIFEST_EVERY_S:
+                    self.write_manifest()
+                    last = time.perf_counter()
+                self.emit("photo", {"done": i + 1, "total": len(todo), "entry": self.entries[p.rel.as_posix()]})
+        except BaseException:  # Ctrl-C: finish the photos being written, start no more, record what is done
+            pool.shutdown(wait=True, cancel_futures=True)
+            for (p, _, _), fut in zip(todo, futures):
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    self.entries[p.rel.as_posix()].update(fut.result())
+            self.write_manifest()
+            raise
+        pool.shutdown(wait=True)
+        self.search_info["phase_seconds"]["write"] = time.perf_counter() - t_write
+        return self.write_manifest()
+
+    def resumable(self, entry: dict, in_hash: str, n: _Noise) -> bool:
+        if entry.get("status") != "ok" or entry.get("input_sha256") != in_hash:
+            return False
+        if entry.get("pattern_sha256") != n.sha256 or not isinstance(entry.get("output"), str):
+            return False
+        return self.journal.hash_of(self.out / entry["output"]) == entry.get("output_sha256")
+
+    # ------------------------------------------------------------------------------------------- noise
+
+    def noise_for(self, readable: list[tuple[PhotoFile, str]], surrogate, t0: float) -> dict[str, _Noise]:
+        cfg = self.cfg
+        classwise = cfg.search.mode == "classwise"
+        state = self.load_state()
+        at = {h: i for i, h in enumerate(state["hashes"])} if state else {}
+        classes = list(state["classes"]) if state else []
+
+        def stored_label(h: str) -> str | None:
+            return classes[int(state["photo_class"][at[h]])] if state and h in at else None
+
+        # which photos need a preview: to be searched, or (label-free) to join a stored cluster
+        if cfg.label_free:
+            need = [(p, h) for p, h in readable if h not in at]
+        elif classwise:
+            need = [(p, h) for p, h in readable if p.label not in classes]
+        else:
+            need = [(p, h) for p, h in readable if h not in at]
+        previews = self.previews(need)
+        t_search = time.perf_counter()
+        self.search_info["phase_seconds"]["read"] = t_search - t0
+        labels: dict[str, str] = {}  # rel -> class
+        for p, h in readable:
+            labels[p.rel.as_posix()] = p.label if not cfg.label_free else (stored_label(h) or "")
+        searched_now: dict | None = None
+        if cfg.label_free and state is not None and previews:  # join the nearest stored cluster
+            x = _stack([a for _, _, a in previews])
+            near = nearest_cluster(surrogate, x, state["centroids"]).tolist()
+            for (p, _, _), k in zip(previews, near):
+                labels[p.rel.as_posix()] = classes[k]
+            to_search = [] if classwise else previews
+        else:
+            to_search = previews
+        if to_search:
+            state, searched_now = self.search(to_search, state, labels, surrogate)
+            at = {h: i for i, h in enumerate(state["hashes"])}
+            classes = list(state["classes"])
+        self.search_info["phase_seconds"]["search"] = time.perf_counter() - t_search
+
+        noise: dict[str, _Noise] = {}
+        if state is None:
+            return noise
+        shas = [hashlib.sha256(d.contiguous().numpy().tobytes()).hexdigest() for d in state["patterns"]]
+        searched = set(searched_now["hashes"]) if searched_now else set()
+        for p, h in readable:
+            rel = p.rel.as_posix()
+            if cfg.label_free and not labels[rel]:
+                continue  # no preview: error entry
+            if classwise:
+                if labels[rel] not in classes:
+                    continue
+                k = classes.index(labels[rel])
+                in_search = h in at and int(state["photo_class"][at[h]]) == k  # searched as one of this class
+                src = "searched" if h in searched else ("stored" if in_search else "class-reused")
+            else:
+                if h not in at:
+                    continue
+                k = at[h]
+                src = "searched" if h in searched else "stored"
+            noise[rel] = _Noise(state["patterns"][k], shas[k], src, labels[rel])
+        self.describe_search(state, searched_now, noise)
+        return noise
+
+    def previews(self, need: list[tuple[PhotoFile, str]]) -> list[tuple[PhotoFile, str, np.ndarray]]:
+        cfg = self.cfg
+        max_px = int(cfg.max_megapixels * 1e6)
+        got = _parallel(lambda t: _safe(read_preview, t[0].path, cfg.work_size, max_px), need, cfg.workers)
+        ready = []
+        for (p, h), (arr, err) in zip(need, got):
+            if err:
+                self.entries[p.rel.as_posix()].update(status="error", error=err)
+            else:
+                ready.append((p, h, arr))
+            self.emit("preview", {"done": len(ready), "total": len(need)})
+        return ready
+
+    def search(self, ready: list[tuple[PhotoFile, str, np.ndarray]], state: dict | None, labels: dict[str, str],
+               surrogate) -> tuple[dict, dict]:
+        """Search the noise of ``ready`` and merge it into ``state`` (a new one if None); save it."""
+        cfg = self.cfg
+        x = _stack([a for _, _, a in ready])
+        centroids = state["centroids"] if state else None
+        if cfg.label_free and state is None:
+            lab, names, centroids = pseudo_labels_with_centroids(surrogate, x, cfg.clusters, cfg.search.seed)
+            for (p, _, _), k in zip(ready, lab.tolist()):
+                labels[p.rel.as_posix()] = names[k]
+        local = sorted({labels[p.rel.as_posix()] for p, _, _ in ready})
+        y = torch.tensor([local.index(labels[p.rel.as_posix()]) for p, _, _ in ready])
+        delta, history = photo_noise(
+            x, y, len(local), surrogate, _load_reference(cfg, self.smeta), cfg.search,
+            on_round=lambda r: self.emit("round", asdict(r)),
+            on_progress=lambda phase, d, t: self.emit("search-progress", {"phase": phase, "done": d, "total": t}))
+        hashes = [h for _, h, _ in ready]
+        record = {"classes": local, "photos": len(ready), "rounds": len(history),
+                  "seconds": sum(r.seconds for r in history), "history": [asdict(r) for r in history]}
+        if state is None:
+            state = {"format": STATE_FORMAT, "settings": self.noise_settings, "mode": cfg.search.mode,
+                     "classes": [], "patterns": delta[:0], "hashes": [],
+                     "photo_class": torch.zeros(0, dtype=torch.long),
+                     "centroids": centroids, "searches": []}
+        classes = list(state["classes"]) + [c for c in local if c not in state["classes"]]
+        glob = torch.tensor([classes.index(c) for c in local])
+        state = dict(state, classes=classes, patterns=torch.cat([state["patterns"], delta]),
+                     hashes=list(state["hashes"]) + hashes,
+                     photo_class=torch.cat([state["photo_class"], glob[y]]),
+                     searches=list(state["searches"]) + [record])
+        try:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            write_bytes_atomic(self.out / STATE_DIR / STATE, buf.getvalue())
+        except OutputError as e:
+            self.notice(f"{e}; the search is not saved (a rerun searches again)")
+        return state, dict(record, hashes=hashes)
+
+    def load_state(self) -> dict | None:
+        """The saved search, validated against the settings and the ε budget; None (with a notice) if
+        absent, damaged, from another version or other settings, or over budget."""
+        path = self.out / STATE_DIR / STATE
+        if not path.exists():
+            return None
+        try:
+            blob = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated, garbage, or not a weights-only pickle
+            self.notice(f"{path} is damaged ({type(e).__name__}); searching again")
+            return None
+        try:
+            why = _check_state(blob, self.noise_settings, self.cfg)
+        except Exception as e:  # noqa: BLE001 - malformed fields
+            why = f"malformed ({type(e).__name__}: {e})".splitlines()[0]
+        if why:
+            self.notice(f"{path}: {why}; searching again")
+            return None
+        return blob
+
+    def describe_search(self, state: dict, searched_now: dict | None, noise: dict[str, _Noise]) -> None:
+        searches = state["searches"]
+        counts: dict[str, int] = {}
+        for n in noise.values():
+            counts[n.label] = counts.get(n.label, 0) + 1
+        reused = sorted({n.label for n in noise.values() if n.source == "class-reused"})
+        self.search_info.update(
+            resumed=searched_now is None, rounds=sum(s["rounds"] for s in searches),
+            seconds=sum(s["seconds"] for s in searches), history=searches[-1]["history"] if searches else [],
+            searches=[{k: s[k] for k in ("classes", "photos", "rounds", "seconds")} for s in searches],
+            classes=list(state["classes"]), class_sizes=[counts.get(c, 0) for c in state["classes"]],
+            searched_now=None if searched_now is None else {"classes": searched_now["classes"],
+                                                             "photos": searched_now["photos"]},
+            class_patterns_reused=reused)
+
+    # --------------------------------------------------------------------------------------- manifest
+
+    def write_manifest(self) -> dict:
+        images = [self.entries[k] for k in sorted(self.entries)]
+        ok = [e for e in images if e.get("status") == "ok"]
+        fresh = [e for e in ok if not e.get("resumed")]
+        summary = {
+            "photos": len(images), "ok": len(ok), "protected_now": len(fresh), "resumed": len(ok) - len(fresh),
+            "failed": sum(e.get("status") == "error" for e in images),
+            "pending": sum("status" not in e for e in images),
+            "unreadable": len(self.unreadable),
+            "class_pattern_reused": sum(e.get("pattern") == "class-reused" for e in fresh),
+            "mean_psnr": _mean([e.get("psnr") for e in ok]), "mean_ssim": _mean([e.get("ssim") for e in ok]),
+            "max_change_levels": max((e.get("max_change_levels", 0) for e in ok), default=0),
+            "max_change": max((e.get("max_change", 0.0) for e in ok), default=0.0),
+            "noise_max_levels": max((e.get("noise_max_levels", 0) for e in ok if "noise_max_levels" in e), default=0),
+            "wall_seconds": time.perf_counter() - self.t_start,
+        }
+        cfg, smeta = self.cfg, self.smeta
+        manifest = {
+            "format": FORMAT, "tool": "unlearnable", "version": __version__, "torch": str(torch.__version__),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(self.dev),
+            "surrogate": {"name": smeta.get("name"), "arch": smeta.get("arch"), "dataset": smeta.get("dataset"),
+                          "test_accuracy": smeta.get("test_accuracy"),
+                          "file": str(self.weights_file) if self.weights_file else f"(shipped) {smeta.get('name')}"},
+            "seed": cfg.search.seed, "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
+            "measured": MEASURED, "settings": self.settings, "search": self.search_info, "summary": summary,
+            "images": images, "unreadable": [{"path": str(p), "error": r} for p, r in self.unreadable],
+            "skipped_files": [{"path": str(p), "reason": r} for p, r in self.skipped],
+        }
+        try:
+            write_bytes_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+            self.manifest_error = None
+        except OutputError as e:  # reported once, by the caller, from manifest["manifest_error"]
+            self.manifest_error = (f"{e}; the photos written are recorded in {self.journal.path}: free space and "
+                                   "rerun the same command to finish")
+        if self.manifest_error:
+            manifest["manifest_error"] = self.manifest_error
+        return manifest
+
+
+def _check_state(blob, settings: dict, cfg: PhotoProtectConfig) -> str | None:
+    """Why a loaded search state cannot be used, or None. Checks every field's type and shape, and
+    that every pattern is finite and within the ε budget (a tampered δ × 30 is refused here)."""
+    if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
+        return "written by another version of unlearnable"
+    if blob.get("settings") != settings:
+        return "made with other settings"
+    pat, classes, hashes, pc = blob["patterns"], blob["classes"], blob["hashes"], blob["photo_class"]
+    s = cfg.work_size
+    if not (isinstance(pat, torch.Tensor) and pat.dtype == torch.float32 and pat.ndim == 4
+            and tuple(pat.shape[1:]) == (3, s, s)):
+        return f"patterns are not float32 (K, 3, {s}, {s})"
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        return "class names malformed"
+    if not (isinstance(hashes, list) and all(isinstance(h, str) and len(h) == 64 for h in hashes)):
+        return "photo hashes malformed"
+    if not (isinstance(pc, torch.Tensor) and pc.dtype == torch.long and pc.shape == (len(hashes),)
+            and (len(pc) == 0 or (int(pc.min()) >= 0 and int(pc.max()) < len(classes)))):
+        return "photo classes malformed"
+    rows = len(classes) if cfg.search.mode == "classwise" else len(hashes)
+    if blob.get("mode") != cfg.search.mode or pat.shape[0] != rows:
+        return f"has {pat.shape[0]} patterns for {rows} {'classes' if cfg.search.mode == 'classwise' else 'photos'}"
+    cen = blob.get("centroids")
+    if cfg.label_free and not (isinstance(cen, torch.Tensor) and cen.ndim == 2 and cen.shape[0] == len(classes)):
+        return "cluster centroids malformed"
+    if not isinstance(blob.get("searches"), list):
+        return "search log malformed"
+    worst = float(pat.abs().max()) if pat.numel() else 0.0
+    if not np.isfinite(worst) or worst > cfg.search.eps + EPS_TOLERANCE:
+        return (f"its noise exceeds the budget (max |δ| = {worst * 255:.3g}/255 > ε = {cfg.search.eps * 255:.3g}/255): "
+                "rejected")
+    return None
 
 
 def _load_reference(cfg: PhotoProtectConfig, surrogate_meta: dict) -> ImageTensors:
@@ -90,167 +528,46 @@ def _load_reference(cfg: PhotoProtectConfig, surrogate_meta: dict) -> ImageTenso
     return data.subset(idx)
 
 
-def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                   config: PhotoProtectConfig | None = None, on_event: Event | None = None) -> dict:
-    """Protect every photo under ``inputs`` into ``out_dir`` (same relative paths, formats and sizes).
-    Returns the manifest (also written to ``out_dir/manifest.json``). Per-file problems are recorded
-    as ``status: "error"`` entries; whole-run problems raise ``UnlearnableError``.
-    ``on_event(kind, info)`` reports 'preview', 'round', 'search-progress', 'photo' events."""
-    cfg = config or PhotoProtectConfig()
-    emit = on_event or (lambda kind, info: None)
-    t_start = time.perf_counter()
-    out = Path(out_dir)
-    photos, skipped = discover([Path(p) for p in inputs], out)
-    dev = resolve_device(cfg.device)
-    settings = json.loads(json.dumps(cfg.fingerprint()))  # as it reads back from the manifest
-    old: dict[str, dict] = {}
-    if (out / MANIFEST).exists():
-        try:
-            prev = json.loads((out / MANIFEST).read_text())
-            if prev.get("settings") == settings:
-                old = {e["output"]: e for e in prev.get("images", []) if "output" in e}
-        except (OSError, ValueError, KeyError):
-            old = {}
-    out.mkdir(parents=True, exist_ok=True)
-    surrogate, smeta = load_surrogate(cfg.surrogate, dev)
-    weights_file = Path(cfg.surrogate) if str(cfg.surrogate).endswith(".pt") else None
-
-    # phase 1: hashes, resume check, previews
-    phase_t = {"start": time.perf_counter()}
-    entries: dict[str, dict] = {}
-    todo: list[tuple[PhotoFile, str]] = []
-    hashed = _parallel(lambda p: _safe(sha256_file, p.path), photos, cfg.workers)
-    for p, (h, err) in zip(photos, hashed):
-        rel = p.rel.as_posix()
-        base = {"input": str(p.path), "output": rel, "label": p.label}
-        if err:
-            entries[rel] = {**base, "status": "error", "error": err}
-        elif rel in old and _entry_ok(old[rel], out, h):
-            entries[rel] = {**old[rel], "resumed": True}
-        else:
-            entries[rel] = {**base, "input_sha256": h}
-            todo.append((p, h))
-    max_px = int(cfg.max_megapixels * 1e6)
-    previews = _parallel(lambda t: _safe(read_preview, t[0].path, cfg.work_size, max_px), todo, cfg.workers)
-    ready: list[tuple[PhotoFile, str, np.ndarray]] = []
-    for (p, h), (arr, err) in zip(todo, previews):
-        if err:
-            entries[p.rel.as_posix()].update(status="error", error=err)
-        else:
-            ready.append((p, h, arr))
-        emit("preview", {"done": len(ready), "total": len(todo)})
-
-    # phase 2: labels and the noise search (or its saved result)
-    phase_t["previews"] = time.perf_counter()
-    search_info: dict = {"phase_seconds": {"read": phase_t["previews"] - phase_t["start"]}}
-    if ready:
-        hashes = [h for _, h, _ in ready]
-        state = out / STATE_DIR / "search.pt"
-        saved = torch.load(state, map_location="cpu", weights_only=True) if state.exists() else None
-        if saved is not None and saved.get("settings") == settings and set(hashes) <= set(saved["hashes"]):
-            # a crash or Ctrl-C after the search: reuse its noise for the photos still to write
-            at = {h: i for i, h in enumerate(saved["hashes"])}
-            rows = torch.tensor([at[h] for h in hashes])
-            per_photo, history = saved["per_photo"][rows], [PhotoRound(**r) for r in saved["history"]]
-            label_names = list(saved["classes"])
-            labels = saved["photo_class"][rows]
-            search_info["resumed"] = True
-        else:
-            x = torch.from_numpy(np.stack([a for _, _, a in ready])).permute(0, 3, 1, 2).contiguous()
-            if cfg.label_free:
-                labels, label_names = pseudo_labels(surrogate, x, cfg.clusters, cfg.search.seed)
-            else:
-                label_names = sorted({p.label for p, _, _ in ready})
-                labels = torch.tensor([label_names.index(p.label) for p, _, _ in ready])
-            reference = _load_reference(cfg, smeta)
-            delta, history = photo_noise(
-                x, labels, len(label_names), surrogate, reference, cfg.search,
-                on_round=lambda r: emit("round", asdict(r)),
-                on_progress=lambda phase, d, t: emit("search-progress", {"phase": phase, "done": d, "total": t}))
-            per_photo = delta[labels] if cfg.search.mode == "classwise" else delta
-            state.parent.mkdir(exist_ok=True)
-            tmp = state.with_name("search.pt.tmp")
-            torch.save({"settings": settings, "hashes": hashes, "per_photo": per_photo, "photo_class": labels,
-                        "classes": label_names, "history": [asdict(r) for r in history]}, tmp)
-            os.replace(tmp, state)
-        search_info.update(rounds=len(history), history=[asdict(r) for r in history],
-                           seconds=sum(r.seconds for r in history), classes=label_names,
-                           class_sizes=torch.bincount(labels, minlength=len(label_names)).tolist())
-        for (p, _, _), lab in zip(ready, labels.tolist()):
-            entries[p.rel.as_posix()]["class"] = label_names[lab]
-
-        # phase 3: full-size outputs
-        phase_t["search"] = time.perf_counter()
-        search_info["phase_seconds"]["search"] = phase_t["search"] - phase_t["previews"]
-
-        def finish(i: int) -> dict:
-            p, h, _ = ready[i]
-            return _protect_one(p, h, per_photo[i], out, cfg, max_px)
-
-        with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-            for i, result in enumerate(pool.map(finish, range(len(ready)))):
-                entries[ready[i][0].rel.as_posix()].update(result)
-                # recorded after every photo, so an interrupted run resumes from the last one written
-                _write_manifest(out, cfg, settings, smeta, weights_file, dev, entries, skipped, search_info, t_start)
-                emit("photo", {"done": i + 1, "total": len(ready), "entry": entries[ready[i][0].rel.as_posix()]})
-        search_info["phase_seconds"]["write"] = time.perf_counter() - phase_t["search"]
-    return _write_manifest(out, cfg, settings, smeta, weights_file, dev, entries, skipped, search_info, t_start)
-
-
-def _protect_one(p: PhotoFile, in_hash: str, delta: torch.Tensor, out: Path, cfg: PhotoProtectConfig,
-                 max_px: int) -> dict:
-    entry, err = _safe(_write_protected, p, in_hash, delta, out, cfg, max_px)
+def _protect_one(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: PhotoProtectConfig, max_px: int,
+                 journal: Journal) -> dict:
+    entry, err = _safe(_write_protected, p, in_hash, n, out, cfg, max_px, journal)
     return {"status": "error", "error": err} if err else entry
 
 
-def _write_protected(p: PhotoFile, in_hash: str, delta: torch.Tensor, out: Path, cfg: PhotoProtectConfig,
-                     max_px: int) -> dict:
-    """Read one photo at full size, add its upsampled δ, write it, and measure it (manifest entry)."""
+def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: PhotoProtectConfig, max_px: int,
+                     journal: Journal) -> dict:
+    """Read one photo at full size, add its upsampled δ, write it (checked), and measure the written
+    file as decoded against the original (manifest entry)."""
     photo = read_photo(p.path, max_pixels=max_px, keep_gps=cfg.keep_gps)
     if sha256_file(p.path) != in_hash:
         raise PhotoError("the file changed while it was being protected; run again")
-    pixels, worst = apply_noise(photo.pixels, delta)
-    target = out / p.rel
-    write_photo(target, photo, pixels, quality=cfg.quality)
+    pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps)
+    rel = p.rel.as_posix()
+    written = write_photo(out / p.rel, photo, pixels, quality=cfg.quality, may_replace=journal.owns,
+                          before_rename=lambda sha: journal.remember(rel, sha))
+    del pixels
     max_level = float(np.iinfo(photo.pixels.dtype).max)
-    entry = {"status": "ok", "output_sha256": sha256_file(target), "width": photo.size[0],
-             "height": photo.size[1], "format": photo.format, "source_mode": photo.source_mode,
-             "channels": int(photo.pixels.shape[2]), "bit_depth": 16 if max_level > 255 else 8,
-             "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
-             "max_change_levels": worst, "max_change": worst / max_level,
-             "notes": list(photo.notes)}
+    change = max_abs_difference(photo.pixels, written.pixels)
+    notes = list(photo.notes)
+    entry = {"status": "ok", "output_sha256": written.sha256, "output_bytes": written.size,
+             "width": photo.size[0], "height": photo.size[1], "format": photo.format,
+             "source_mode": photo.source_mode, "channels": int(photo.pixels.shape[2]),
+             "bit_depth": 16 if max_level > 255 else 8, "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
+             "noise_max_levels": noise_levels, "max_change_levels": change, "max_change": change / max_level,
+             "pattern": n.source, "pattern_sha256": n.sha256, "psnr": None, "ssim": None, "notes": notes}
     if cfg.metrics:
-        value = psnr(photo.pixels, pixels, data_range=max_level)
+        value = psnr(photo.pixels, written.pixels, data_range=max_level)
         entry["psnr"] = value if np.isfinite(value) else None  # identical: no finite PSNR
-        entry["ssim"] = ssim(photo.pixels, pixels, data_range=max_level)
+        h, w = photo.pixels.shape[:2]
+        if ssim_defined(h, w):
+            entry["ssim"] = ssim(photo.pixels, written.pixels, data_range=max_level)
+        else:
+            notes.append(f"SSIM not computed: it needs at least 11x11 pixels, this photo is {w}x{h}")
     return entry
 
 
-def _write_manifest(out: Path, cfg: PhotoProtectConfig, settings: dict, smeta: dict, weights_file: Path | None,
-                    dev: torch.device, entries: dict[str, dict], skipped, search_info: dict, t_start: float) -> dict:
-    images = [entries[k] for k in sorted(entries)]
-    ok = [e for e in images if e.get("status") == "ok"]
-    fresh = [e for e in ok if not e.get("resumed")]
-    summary = {
-        "photos": len(images), "ok": len(ok), "protected_now": len(fresh), "resumed": len(ok) - len(fresh),
-        "failed": sum(e.get("status") == "error" for e in images),
-        "pending": sum("status" not in e for e in images),
-        "mean_psnr": _mean([e.get("psnr") for e in ok]), "mean_ssim": _mean([e.get("ssim") for e in ok]),
-        "max_change_levels": max((e.get("max_change_levels", 0) for e in ok), default=0),
-        "wall_seconds": time.perf_counter() - t_start,
-    }
-    manifest = {
-        "format": FORMAT, "tool": "unlearnable", "version": __version__, "torch": str(torch.__version__),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(dev),
-        "surrogate": {"name": smeta.get("name"), "arch": smeta.get("arch"), "dataset": smeta.get("dataset"),
-                      "test_accuracy": smeta.get("test_accuracy"),
-                      "file": str(weights_file) if weights_file else f"(shipped) {smeta.get('name')}"},
-        "seed": cfg.search.seed, "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
-        "settings": settings, "search": search_info, "summary": summary,
-        "images": images, "skipped_files": [{"path": str(p), "reason": r} for p, r in skipped],
-    }
-    write_json_atomic(manifest, out / MANIFEST)
-    return manifest
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def _mean(values: list) -> float | None:
@@ -271,5 +588,8 @@ def _safe(fn, *args):
 def _parallel(fn, items: list, workers: int) -> list:
     if workers <= 1 or len(items) <= 1:
         return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         return list(pool.map(fn, items))
+    finally:  # on Ctrl-C, do not work through the rest of the queue first
+        pool.shutdown(wait=True, cancel_futures=True)

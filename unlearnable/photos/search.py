@@ -15,6 +15,17 @@ The min-min problem of Huang et al. (arXiv 2101.04898, Eq. 2) with two changes f
 resolution with a bilinear (convex) interpolation, so ‖δ‖∞ ≤ ε still holds on every full-size pixel.
 Defaults: ε = 8/255 and PGD step 0.8/255 as in the paper; 10 surrogate steps per round as in the
 paper; fewer PGD steps per round (10) and a round cap sized for a laptop CPU.
+
+Class-wise update, as in the paper's official code (perturbation.py, ``universal_perturbation``):
+each photo of a batch takes its signed step from its class pattern, and the pattern becomes the
+mean of those stepped patterns (a pixel moves by a full step only where the photos agree). Earlier
+versions stepped by the sign of the class's summed gradient; the two give different noise for the
+same seed. Measured (default config, seed 0, shipped surrogate, 2-core CPU): on the 7 sample photos
+(one class) the old rule stopped after 5 rounds and the paper's after 9, both at 100 % view
+accuracy (view loss 0.048 vs 0.032), mean |δ| 4.7/255 vs 3.5/255; on 24 CIFAR-10 test images at
+64 px in 3 classes both took 18 rounds to 100 % (view loss 0.047 vs 0.049), mean |δ| 5.7 vs 5.1/255,
+and the final surrogate's loss on clean vs protected views was 0.265 vs 0.061 (old) and 0.230 vs
+0.065 (paper's rule).
 """
 from __future__ import annotations
 
@@ -148,13 +159,12 @@ def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: i
                 loss = F.cross_entropy(model(scraper_view(perturbed(idx, d), view, gen)), y[idx],
                                        reduction="sum")
                 grad, = torch.autograd.grad(loss, d)
-                if classwise:  # one step per class: the summed gradient of its photos in this batch
-                    cls = photo_cls[idx]
-                    g = torch.zeros_like(delta).index_add_(0, cls, grad)
-                    present = torch.zeros(len(delta), dtype=torch.bool, device=device)
-                    present[cls] = True
-                    upd = (delta - cfg.step_size * g.sign()).clamp(-cfg.eps, cfg.eps)
-                    delta = torch.where(present[:, None, None, None], upd, delta)
+                if classwise:  # the paper's rule: each photo steps from its class pattern, the class
+                    cls = photo_cls[idx]  # pattern becomes the mean of its photos' stepped patterns
+                    stepped = (d.detach() - cfg.step_size * grad.sign()).clamp(-cfg.eps, cfg.eps)
+                    sums = torch.zeros_like(delta).index_add_(0, cls, stepped)
+                    counts = torch.bincount(cls, minlength=len(delta)).to(delta.dtype)[:, None, None, None]
+                    delta = torch.where(counts > 0, sums / counts.clamp(min=1), delta)
                 else:
                     new = (d.detach() - cfg.step_size * grad.sign()).clamp(-cfg.eps, cfg.eps)
                     delta[idx] = (x[idx] + new).clamp(0, 1) - x[idx]

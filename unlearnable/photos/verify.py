@@ -8,6 +8,16 @@ trained with random crop + flip. One victim sees the protected photos, the other
 unprotected. The number that matters is the held-out accuracy: the share of the held-out clean
 photos each victim puts in their own class. Protection works when the protected victim's is low
 and the unprotected victim's is not.
+
+Verdict (``photo_verdict``, the rule of ``unlearnable.defended.summarize_matrix``): no verdict when
+the unprotected victim's held-out accuracy is below chance + 10 points (the experiment cannot show
+anything); *broken* when the protected victim recovers at least half of the unprotected one's gain
+over chance; *holds* otherwise. Both victims are scored after their last epoch (no epoch choice,
+so nothing is picked on the held-out photos). ``report.html`` beside the JSON shows it in plain
+words, with the learning curves on the held-out photos and before/after thumbnails.
+
+The reference dataset is loaded and checked before anything is protected or written, so a
+missing dataset fails in one line without leaving a half-done output folder.
 """
 from __future__ import annotations
 
@@ -31,6 +41,8 @@ from .protect import PhotoProtectConfig, protect_photos
 from .scraper import scraper_pipeline
 
 REPORT = "verify-photos.json"
+REPORT_HTML = "report.html"
+CHANCE_MARGIN = 0.1
 
 
 @dataclass
@@ -82,6 +94,12 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     emit = on_event or (lambda kind, info: None)
     out = Path(out_dir)
     t0 = time.perf_counter()
+    # the reference data first: a missing or mismatched dataset must fail before anything is written
+    ref_train = load_dataset(cfg.reference, "train", cfg.data_root, size=cfg.size)
+    ref_test = load_dataset(cfg.reference, "test", cfg.data_root, size=cfg.size)
+    unknown = set(cfg.exclude_classes) - set(ref_train.classes)
+    if unknown:
+        raise UnlearnableError(f"{sorted(unknown)} not among {cfg.reference}'s classes {ref_train.classes}")
     photos, _ = discover([Path(folder)], out)
     labels = [p.label for p in photos]
     keep, held = split_holdout(labels, cfg.holdout, cfg.seed)
@@ -112,11 +130,6 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     clean_x = _scraped([photos[i].path for i in train_idx], cfg.size, cfg.jpeg_quality)
     held_x = _scraped([photos[i].path for i in held], cfg.size, cfg.jpeg_quality)
 
-    ref_train = load_dataset(cfg.reference, "train", cfg.data_root, size=cfg.size)
-    ref_test = load_dataset(cfg.reference, "test", cfg.data_root, size=cfg.size)
-    unknown = set(cfg.exclude_classes) - set(ref_train.classes)
-    if unknown:
-        raise UnlearnableError(f"{sorted(unknown)} not among {cfg.reference}'s classes {ref_train.classes}")
     kept_cls = [c for c in ref_train.classes if c not in cfg.exclude_classes]
     ref_train, ref_test = _keep_classes(ref_train, kept_cls), _keep_classes(ref_test, kept_cls)
     per_class = cfg.reference_per_class or max(10, round(len(train_idx) / len(classes)))
@@ -127,6 +140,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     y_held = torch.tensor([k_ref + classes.index(labels[i]) for i in held])
     all_classes = kept_cls + [f"photos:{c}" for c in classes]
     dev = resolve_device(cfg.device)
+    held_set = ImageTensors(held_x, y_held, all_classes, "held-out photos")
 
     runs = []
     for name, px in (("protected", prot_x), ("unprotected", clean_x)):
@@ -134,11 +148,13 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         data = ImageTensors(torch.cat([ref_train.images, px]), torch.cat([ref_train.labels, y_photo]),
                             all_classes, f"{cfg.reference}+photos:{name}")
         model = build_model(cfg.arch, len(all_classes), 3, cfg.seed, dev)
-        hist = train(model, data, None, cfg.train, on_epoch=lambda r: emit("epoch", asdict(r)),
+        # the held-out photos are scored every epoch for the curves only; the figure is the last epoch's
+        hist = train(model, data, held_set, cfg.train, on_epoch=lambda r: emit("epoch", asdict(r)),
                      on_batch=lambda d, t: emit("batch", {"done": d, "total": t}))
         runs.append({
             "trained_on": name,
-            "heldout_accuracy": _accuracy(model, held_x, y_held, dev),
+            "heldout_accuracy": hist[-1].test_acc,
+            "heldout_curve": [h.test_acc for h in hist], "train_curve": [h.train_acc for h in hist],
             "photo_train_accuracy": _accuracy(model, px, y_photo, dev),
             "reference_test_accuracy": _accuracy(model, ref_test.images, ref_test.labels, dev),
             "final_train_accuracy": hist[-1].train_acc, "train_seconds": sum(h.seconds for h in hist),
@@ -156,8 +172,27 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         "runs": runs, "chance_heldout_accuracy": 1 / len(all_classes),
         "wall_seconds": time.perf_counter() - t0,
     }
+    report.update(photo_verdict(runs, report["chance_heldout_accuracy"]))
     write_json_atomic(report, out / REPORT)
+    from ..report import write_photo_report
+
+    shown = list(range(min(8, len(train_idx))))
+    write_photo_report(out / REPORT_HTML, report, {"clean": clean_x[shown], "protected": prot_x[shown],
+                                                   "names": [photos[train_idx[j]].path.name for j in shown]})
     return report
+
+
+def photo_verdict(runs: list[dict], chance: float, margin: float = CHANCE_MARGIN) -> dict:
+    """``recovered`` = (protected − chance) / (unprotected − chance) on the held-out photos, and the
+    verdict: "no verdict" (unprotected victim below chance + ``margin``), "broken" (≥ 0.5), "holds"."""
+    acc = {r["trained_on"]: r["heldout_accuracy"] for r in runs}
+    p, u = acc["protected"], acc["unprotected"]
+    if u < chance + margin:
+        return {"recovered": None, "verdict": "no verdict",
+                "verdict_reason": f"the unprotected victim recognises only {100 * u:.1f}% of the held-out photos "
+                                  f"(chance {100 * chance:.1f}% + {100 * margin:.0f} points): nothing to protect"}
+    rec = (p - chance) / (u - chance)
+    return {"recovered": rec, "verdict": "broken" if rec >= 0.5 else "holds", "verdict_reason": None}
 
 
 def _keep_classes(data: ImageTensors, keep: list[str]) -> ImageTensors:
@@ -169,6 +204,7 @@ def _keep_classes(data: ImageTensors, keep: list[str]) -> ImageTensors:
 
 
 def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dev: torch.device) -> float:
+    """Accuracy of ``model`` on uint8 images (N, C, H, W); NaN when there are none."""
     if not len(images):
         return float("nan")
     return evaluate(model, ImageTensors(images, labels, [""] * (int(labels.max()) + 1)).to(dev))[0]

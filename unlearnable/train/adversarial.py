@@ -17,6 +17,7 @@ reruns of the authors' AT-AWP script, which is not in our reference index); TRAD
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,11 @@ class AdversarialStep:
         self.eps, self.alpha, self.steps, self.generator = eps, alpha, steps, generator
         self.update = StandardStep(grad_clip=grad_clip)
 
-    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return PGD(model, self.eps, self.alpha, self.steps, random_start=True, generator=self.generator)(x, y)
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """PGD examples (B, C, H, W) in [0, 1] maximising ``loss_fn`` (default cross-entropy)."""
+        return PGD(model, self.eps, self.alpha, self.steps, random_start=True, loss_fn=loss_fn or F.cross_entropy,
+                   generator=self.generator)(x, y)
 
     def __call__(self, model, optimizer, x, y):
         return self.update(model, optimizer, self.adversarial(model, x, y), y)
@@ -100,9 +104,13 @@ class AWPStep(AdversarialStep):
 
 
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = 8 / 255,
-                    alpha: float = 2 / 255, steps: int = 20, batch_size: int = 500, seed: int = 0) -> float:
+                    alpha: float = 2 / 255, steps: int = 20, batch_size: int = 500, seed: int = 0,
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
     """Accuracy in [0, 1] under PGD-``steps`` (L∞ ``eps``, random start) on float images (N, C, H, W)
-    in [0, 1]; the standard white-box robustness readout (PGD-20 as in the AWP paper's tables)."""
+    in [0, 1]; the standard white-box robustness readout (PGD-20 as in the AWP paper's tables).
+    ``loss_fn(logits, y)`` is the objective PGD maximises (default cross-entropy); a defense that
+    trains with its own objective must be attacked with it (adaptive attack): for CAS pass the
+    step's ``attack_loss``, CE + β · mean auxiliary CE."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -112,7 +120,8 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         for s in range(0, len(images), batch_size):
             x = images[s:s + batch_size].to(device)
             y = labels[s:s + batch_size].to(device)
-            adv = PGD(model, eps, alpha, steps, random_start=True, generator=gen)(x, y)
+            adv = PGD(model, eps, alpha, steps, random_start=True, loss_fn=loss_fn or F.cross_entropy,
+                      generator=gen)(x, y)
             with torch.no_grad(), autocast(device):
                 correct += (model(adv).float().argmax(1) == y).sum().item()
     finally:

@@ -4,13 +4,34 @@ Adversarial examples activate many channels weakly and with the wrong emphasis. 
 after a late block, an auxiliary linear classifier h over the globally average-pooled channels
 (B, C) -> (B, K) and re-weights the block's output channels by the classifier's weights of one
 class: f̃ = f ⊙ W_h[y] with the true label y while training, and with h's own prediction ŷ at
-test time (Eq. 2 of the paper). Training adds β · CE(h(GAP(f)), y) to the loss (Eq. 3);
-β = 2 is the paper's default. It works with standard and adversarial training.
+test time (Eq. 2 of the paper). Training adds β · CE(h(GAP(f)), y) to the loss (Eq. 3).
 
-The module is attached with a forward hook, so registry models stay unchanged:
+As in the official code (github.com/bymavis/CAS_ICLR2021, ``Standard_Adv_Training/``):
+
+* Placement: ResNet-18 has a CAS module after *both* BasicBlocks of its last stage
+  (``models/resnet_cas.py`` l. 112 builds ``layer4`` from ``CASBlock``s, each with its own
+  ``fc``, l. 46, masking the block's post-ReLU output, l. 60-70); VGG-16 after each of the three
+  conv-BN-ReLU layers of its last conv stage (``models/VGG16_cas.py``, ``layer5``); WRN on the
+  pre-activation that feeds the last block's first conv and after the final BN-ReLU
+  (``models/wideresnet_cas.py``, ``NetworkBlock_CAS`` and ``extra_fc``). ``default_cas_layers``
+  gives those places for our ResNet, VGG and WRN. SmallCNN has no official placement: one module
+  after its last conv-BN-ReLU (our choice).
+* Loss: CE(f(x), y) + β · mean over the CAS modules of CE(h_i, y), β = 2 (``train.py`` l. 56
+  ``--beta`` default 2, l. 106-111).
+* Training attack: PGD maximises the same CE + β · mean aux CE, with the model in eval mode, so
+  the masks come from h's predictions (``attack/reg_attack.py`` l. 97-109, called with β at
+  ``train.py`` l. 104); the official test attack uses it as well (``train.py`` l. 208-212,
+  ``Trades/pgd_attack_cifar10_cas.py`` l. 84-90). ``cas_objective`` is that objective: use it
+  for the training attack (``CASStep`` does) and for the robust-accuracy readout
+  (``robust_accuracy(..., loss_fn=step.attack_loss)``): plain-CE PGD is not an adaptive attack
+  on CAS and overstates its robustness.
+
+The modules are attached with forward hooks, so registry models stay unchanged:
 ``cas = attach_cas(model)``; train with ``CASStep(cas)`` (or ``CASStep(cas, AdversarialStep())``).
 """
 from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +41,7 @@ from ..device import autocast
 from .adversarial import AdversarialStep
 from .loop import StandardStep
 
-DEFAULT_LAYER = {"ResNet": "stages", "SmallCNN": "features", "VGG": "features", "WideResNet": "blocks"}
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class CAS(nn.Module):
@@ -41,46 +62,134 @@ class CAS(nn.Module):
         mask = self.fc.weight[cls]                                   # (B, C)
         return feat * mask[:, :, None, None].to(feat.dtype)
 
+    def hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook replacing ``module``'s output by its masked version. A bound method, so
+        ``copy.deepcopy(model)`` re-binds it to the copy's own CAS module."""
+        return self(output)
 
-def attach_cas(model: nn.Module, layer: str | None = None, input_shape: tuple[int, int, int] = (3, 32, 32)) -> CAS:
-    """Insert a CAS module after ``layer`` (default: the model's last convolutional stage) and
-    register it as ``model.cas`` so the optimizer trains it. Returns the module."""
-    name = layer or DEFAULT_LAYER.get(type(model).__name__)
-    if name is None:
-        raise ValueError(f"no default CAS layer for {type(model).__name__}; pass layer=")
-    target = model.get_submodule(name)
-    shapes: list[torch.Size] = []
-    probe = target.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+
+class CASModules(nn.Module):
+    """The CAS modules of one model in forward order, with the layer each one follows.
+    Registered on the model as ``model.cas`` so its optimizer trains them and its state_dict
+    holds them (keys ``cas.mods.<i>.fc.*``)."""
+
+    def __init__(self, layers: Sequence[str], modules: Sequence[CAS]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.mods = nn.ModuleList(modules)
+
+    def __iter__(self) -> Iterator[CAS]:
+        return iter(self.mods)
+
+    def __len__(self) -> int:
+        return len(self.mods)
+
+    def __getitem__(self, i: int) -> CAS:
+        return self.mods[i]
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self.mods[0].labels
+
+    @labels.setter
+    def labels(self, y: torch.Tensor | None) -> None:
+        """Set (training mask W[y]) or clear (predicted-class mask) every module's labels."""
+        for m in self.mods:
+            m.labels = y
+
+    @property
+    def aux_logits(self) -> list[torch.Tensor]:
+        """Each module's h logits (B, K) from the last forward pass."""
+        if any(m.last_logits is None for m in self.mods):
+            raise RuntimeError("run the model forward before reading the CAS logits")
+        return [m.last_logits for m in self.mods]
+
+    def aux_loss(self, y: torch.Tensor) -> torch.Tensor:
+        """Mean over modules of CE(h_i(x), y) for the last forward pass (official: sum / count)."""
+        return torch.stack([F.cross_entropy(z.float(), y) for z in self.aux_logits]).mean()
+
+
+def default_cas_layers(model: nn.Module) -> list[str]:
+    """Official CAS placement for our registry families (see the module docstring): every block
+    of a ResNet's last stage; the ReLUs of a VGG's last conv stage; a WRN's last block's
+    pre-activation (``act1``) and final BN-ReLU (``act``); SmallCNN's last conv-BN-ReLU.
+    (Official WRN masks only the conv path of that block; ours does too whenever the block keeps its
+    width, as in every registry WRN, but a width-changing last block would feed the mask to its
+    shortcut as well.)"""
+    kind = type(model).__name__
+    if kind == "ResNet":
+        last = len(model.stages) - 1
+        return [f"stages.{last}.{i}" for i in range(len(model.stages[last]))]
+    if kind == "VGG":
+        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        start = pools[-2] if len(pools) > 1 else -1
+        return [f"features.{i}" for i, m in enumerate(model.features)
+                if i > start and isinstance(m, nn.ReLU)]
+    if kind == "WideResNet":
+        return [f"blocks.{len(model.blocks) - 1}.act1", "act"]
+    if kind == "SmallCNN":
+        return ["features"]
+    raise ValueError(f"no default CAS layers for {kind}; pass layers=")
+
+
+def attach_cas(model: nn.Module, layers: str | Sequence[str] | None = None,
+               input_shape: tuple[int, int, int] = (3, 32, 32)) -> CASModules:
+    """Insert a CAS module after each of ``layers`` (submodule names; default
+    ``default_cas_layers(model)``), each masking that layer's output (B, C, H, W), and register
+    them as ``model.cas``. Returns the ``CASModules``."""
+    if hasattr(model, "cas"):
+        raise ValueError("this model already has CAS modules attached")
+    names = [layers] if isinstance(layers, str) else list(layers or default_cas_layers(model))
+    targets = [model.get_submodule(n) for n in names]
+    shapes: dict[int, torch.Size] = {}
+    probes = [t.register_forward_hook(lambda m, i, o, k=k: shapes.__setitem__(k, o.shape))
+              for k, t in enumerate(targets)]
     device = next(model.parameters()).device
     was = model.training
     model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape, device=device))
-    probe.remove()
-    model.train(was)
-    num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
-    cas = CAS(shapes[-1][1], num_classes).to(device)
+    try:
+        with torch.no_grad():
+            num_classes = model(torch.zeros(1, *input_shape, device=device)).shape[1]
+    finally:
+        for p in probes:
+            p.remove()
+        model.train(was)
+    cas = CASModules(names, [CAS(shapes[k][1], num_classes) for k in range(len(names))]).to(device)
     model.add_module("cas", cas)
-    target.register_forward_hook(lambda m, i, o: cas(o))
+    for module, target in zip(cas, targets):
+        target.register_forward_hook(module.hook)
     return cas
 
 
-class CASStep:
-    """One update with the CAS loss CE(f(x), y) + β CE(h(x), y); with ``adversarial`` the update is
-    on PGD examples crafted against the CAS model (its test-time mask). The logits it returns come
-    from the true-label mask, so a training-accuracy readout from them is optimistic."""
+def cas_objective(cas: CASModules, beta: float = 2.0) -> Loss:
+    """(logits, y) -> CE(logits, y) + β · mean_i CE(h_i, y), the official CAS training loss and
+    attack objective. The h_i logits are read from the modules, so call it right after the forward
+    that produced ``logits`` (as ``StandardStep`` and ``PGD`` do)."""
 
-    def __init__(self, cas: CAS, adversarial: AdversarialStep | None = None, beta: float = 2.0,
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y) + beta * cas.aux_loss(y)
+
+    loss.__name__ = f"ce+{beta:g}*cas_aux"
+    return loss
+
+
+class CASStep:
+    """One update with the CAS loss CE(f(x), y) + β mean_i CE(h_i(x), y); with ``adversarial`` the
+    update is on PGD examples that maximise that same objective against the CAS model (its
+    test-time, predicted-class masks), as the official code. ``attack_loss`` is the objective an
+    adaptive white-box attack (``robust_accuracy(..., loss_fn=step.attack_loss)``) should use.
+    The logits it returns come from the true-label mask, so a training-accuracy readout from them
+    is optimistic."""
+
+    def __init__(self, cas: CASModules, adversarial: AdversarialStep | None = None, beta: float = 2.0,
                  grad_clip: float | None = None) -> None:
         self.cas, self.adversarial, self.beta = cas, adversarial, beta
-        self.update = StandardStep(loss_fn=self._loss, grad_clip=grad_clip)
-
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y) + self.beta * F.cross_entropy(self.cas.last_logits.float(), y)
+        self.attack_loss = cas_objective(cas, beta)
+        self.update = StandardStep(loss_fn=self.attack_loss, grad_clip=grad_clip)
 
     def __call__(self, model, optimizer, x, y):
         if self.adversarial is not None:
-            x = self.adversarial.adversarial(model, x, y)
+            x = self.adversarial.adversarial(model, x, y, loss_fn=self.attack_loss)
         self.cas.labels = y
         try:
             with autocast(x.device):

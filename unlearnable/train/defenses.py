@@ -6,7 +6,8 @@ through it. All of them run on the one training loop (``unlearnable.train.loop.t
 standard empirical risk minimisation, cross-entropy
 at       PGD adversarial training (Madry et al.), ε 8/255, step 2/255, 10 steps
 awp      AT + Adversarial Weight Perturbation (arXiv 2004.05884), γ = 1e-2 (AT-AWP's)
-cas      AT + Channel-wise Activation Suppressing (arXiv 2103.08307), β = 2
+cas      AT + Channel-wise Activation Suppressing (arXiv 2103.08307), β = 2, official placement;
+         its training attack and its robust readout maximise CE + β·aux CE (``step.attack_loss``)
 apl      Active Passive Loss NCE+RCE (arXiv 2006.13554), the paper's α, β for the dataset
 tcr      Temporal Calibrated Regularization (arXiv 2007.00240), β = 0.1, γ = 1.1
 jpeg     JPEG compression of every training batch, quality 10 (arXiv 2302.01906)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -54,6 +55,8 @@ class EpochRecord:
     test_loss: float | None
     test_acc: float | None
     seconds: float
+    val_loss: float | None = None   # on the held-out validation split of the training data, if given
+    val_acc: float | None = None
 
 
 class StepFn(Protocol):
@@ -69,15 +72,17 @@ class StepFn(Protocol):
 
 
 class StandardStep:
-    """Empirical risk minimisation: forward, ``loss_fn``, backward, optional grad-norm clip, SGD step."""
+    """Empirical risk minimisation: forward, ``loss_fn``, backward, optional grad-norm clip, SGD step.
+    ``amp=False`` keeps the forward in fp32 on CUDA too (the noise search's surrogate)."""
 
     def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-                 grad_clip: float | None = 5.0) -> None:
+                 grad_clip: float | None = 5.0, amp: bool = True) -> None:
         self.loss_fn = loss_fn
         self.grad_clip = grad_clip
+        self.amp = amp
 
     def __call__(self, model, optimizer, x, y):
-        with autocast(x.device):
+        with autocast(x.device) if self.amp else nullcontext():
             logits = model(x)
         loss = self.loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -126,9 +131,10 @@ def prepare_batch(images_u8: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageTensors, batch_size: int = 1000,
-             delta: torch.Tensor | None = None) -> tuple[float, float]:
+             delta: torch.Tensor | None = None, amp: bool = True) -> tuple[float, float]:
     """(accuracy in [0, 1], mean cross-entropy) of ``model`` on ``data`` in eval mode.
-    ``delta`` (float, broadcastable to one batch or (N, C, H, W)) is added before clamping to [0, 1]."""
+    ``delta`` (float, broadcastable to one batch or (N, C, H, W)) is added before clamping to [0, 1].
+    ``amp=False`` evaluates in fp32 on CUDA too (the noise search's stop test)."""
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
@@ -140,7 +146,7 @@ def evaluate(model: nn.Module, data: ImageTensors, batch_size: int = 1000,
         if delta is not None:
             d = delta[s:s + batch_size] if delta.dim() == 4 and delta.shape[0] == n else delta
             x = (x + d.to(device)).clamp_(0, 1)
-        with autocast(device):
+        with autocast(device) if amp else nullcontext():
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -151,9 +157,11 @@ def evaluate(model: nn.Module, data: ImageTensors, batch_size: int = 1000,
 def train(model: nn.Module, train_set: ImageTensors, test_set: ImageTensors | None = None,
           config: TrainConfig | None = None, step: StepFn | None = None,
           on_epoch: Callable[[EpochRecord], None] | None = None,
-          on_batch: Callable[[int, int], None] | None = None) -> list[EpochRecord]:
+          on_batch: Callable[[int, int], None] | None = None,
+          val_set: ImageTensors | None = None) -> list[EpochRecord]:
     """Train ``model`` in place on ``train_set`` (moved to the model's device), evaluating on the
-    clean ``test_set`` after each epoch. Returns one record per epoch."""
+    clean ``test_set`` and on ``val_set`` (a validation split held out of the training data, which
+    is what a trainer picks its epoch on) after each epoch. Returns one record per epoch."""
     cfg = config or TrainConfig()
     step = step or StandardStep(grad_clip=cfg.grad_clip)
     device = next(model.parameters()).device
@@ -191,8 +199,11 @@ def train(model: nn.Module, train_set: ImageTensors, test_set: ImageTensors | No
         test_loss = test_acc = None
         if test_set is not None:
             test_acc, test_loss = evaluate(model, test_set, cfg.eval_batch_size)
+        val_acc = val_loss = None
+        if val_set is not None:
+            val_acc, val_loss = evaluate(model, val_set, cfg.eval_batch_size)
         rec = EpochRecord(epoch + 1, lr, loss_sum.item() / n, correct.item() / n, test_loss, test_acc,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, val_loss, val_acc)
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
