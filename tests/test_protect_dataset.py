@@ -209,3 +209,26 @@ def test_a_capped_run_is_extended_by_a_higher_round_cap(tmp_path):
     protect_dataset(str(data), whole, three, arch="smallcnn", device="cpu")
     assert np.array_equal(np.load(out / "perturbation.npy"), np.load(whole / "perturbation.npy"))
     assert hashes(out / "train") == hashes(whole / "train")
+
+
+def test_json_reports_are_written_checked_and_never_left_half_written(tmp_path, monkeypatch):
+    """verify's report.json and cell files go through the checked writer: a failing write raises one
+    clean error, keeps the previous file whole and leaves no temp file."""
+    import errno
+    import os
+
+    import unlearnable.photos.io as pio
+    from unlearnable.data.protected import write_json_atomic
+    from unlearnable.photos.io import OutputError
+
+    path = tmp_path / "report.json"
+    write_json_atomic({"v": 1}, path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pio.os, "fsync", full)
+    with pytest.raises(OutputError, match="report.json"):
+        write_json_atomic({"v": 2}, path)
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
