@@ -35,6 +35,7 @@ where it stopped. ``report.json`` gathers the cells; ``report.html`` is rendered
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -254,13 +255,12 @@ def clean_cells(dataset: str, indices, out_dir: str | os.PathLike, config: Matri
 
 
 def _save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a unique temp file beside ``path``, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` through the one checked atomic writer (``photos.io.write_bytes_atomic``)."""
+    from .photos.io import write_bytes_atomic
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _read_cell(path: Path, tpath: Path, fp: str) -> tuple[dict, dict] | None:

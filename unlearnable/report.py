@@ -11,7 +11,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -328,17 +327,10 @@ def render_report(report: dict, assets: dict) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a unique temp file beside ``path``, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``text`` (UTF-8) through the one checked atomic writer (``photos.io.write_bytes_atomic``)."""
+    from .photos.io import write_bytes_atomic
+
+    write_bytes_atomic(path, text.encode("utf-8"))
     return path
 
 
