@@ -17,7 +17,7 @@ cpu: balanced 5,000-image subset of CIFAR-10 train (500 per class), balanced 2,0
      run validates on the held-out part of what it trains on) and every model is scored at its
      validation-chosen epoch; recoveries against the same-defense and the standard clean model.
      Each defense trains with its paper's recipe where it differs from the shared one
-     (``unlearnable.defended.PAPER_RECIPES``: APL lr 0.01, wd 1e-4; AT/AWP ×0.1 at 50 % and 75 %,
+     (``unlearnable.verify.matrix.PAPER_RECIPES``: APL lr 0.01, wd 1e-4; AT/AWP ×0.1 at 50 % and 75 %,
      no clipping). AT/AWP/CAS train with PGD-3 (ε 8/255, step 3/255) instead of the papers'
      PGD-10 (step 2/255) to fit the CPU budget; the robust readout has its own settings
      (``MatrixConfig.robust_*``, label written from them): PGD-20, ε 8/255, step 2/255, random
@@ -51,10 +51,10 @@ import torch
 from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.data.label_noise import symmetric_noise
 from unlearnable.data.protected import read_manifest
-from unlearnable.defended import MatrixConfig, clean_cells, load_test, robust_settings, run_cell, verify_defenses
+from unlearnable.verify.matrix import MatrixConfig, clean_cells, load_test, robust_settings, run_cell, verify_defenses
 from unlearnable.device import resolve_device
-from unlearnable.noise.error_minimizing import MinMinConfig
-from unlearnable.protect import protect_dataset
+from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.protect.dataset import protect_dataset
 from unlearnable.train.defenses import parse_defenses
 from unlearnable.train.loop import TrainConfig, evaluate
 
@@ -190,7 +190,7 @@ def label_noise(out: Path, c: dict, data_root, dev) -> dict:
 
 def robust_generalisation(out: Path, c: dict, data_root, dev) -> dict:
     """AT vs AT-AWP on clean data, long enough for robust overfitting: robust accuracy per 3 epochs."""
-    from unlearnable.train.adversarial import robust_accuracy
+    from unlearnable.eval.robust import robust_accuracy
     from unlearnable.train.defenses import DefenseContext, build_step
     from unlearnable.train.loop import build_model, prepare_batch, train
 

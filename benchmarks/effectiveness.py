@@ -26,10 +26,10 @@ import time
 import torch
 
 from unlearnable.device import resolve_device
-from unlearnable.noise.error_minimizing import MinMinConfig
-from unlearnable.protect import protect_dataset
+from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.protect.dataset import protect_dataset
 from unlearnable.train.loop import TrainConfig
-from unlearnable.defended import MatrixConfig, verify_defenses
+from unlearnable.verify.matrix import MatrixConfig, verify_defenses
 
 CONFIGS = {
     "cpu": {"subset": 10_000, "surrogate": "smallcnn", "victims": ["smallcnn", "vgg11-narrow"],

@@ -7,7 +7,7 @@ is held out clean, the rest is protected with the defaults, and two fresh victim
 other nine CIFAR-10 classes (``--per-class`` training images each, as many as the protected
 photos, so that the photo class is not a minority the unprotected victim could ignore) plus the photos as a tenth
 class, through the scraper pipeline (resize to 32, JPEG q75, crop + flip). Prints the report JSON
-(with the verdict: ``unlearnable.photos.verify.photo_verdict``); ``--out DIR`` keeps the protected
+(with the verdict: ``unlearnable.verify.photos.photo_verdict``); ``--out DIR`` keeps the protected
 photos and the HTML report (``DIR/verify/report.html``), otherwise they go with a temp folder.
 
     python benchmarks/photo_verify.py [--cls automobile] [--photos 400] [--epochs 20] [--arch resnet18-narrow]
@@ -24,9 +24,9 @@ from pathlib import Path
 from PIL import Image
 
 from unlearnable.data.datasets import load_dataset
-from unlearnable.photos.protect import PhotoProtectConfig
-from unlearnable.photos.search import PhotoSearchConfig
-from unlearnable.photos.verify import PhotoVerifyConfig, verify_photo_folder
+from unlearnable.protect.photos import PhotoProtectConfig
+from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
 from unlearnable.train.loop import TrainConfig
 
 
@@ -73,7 +73,7 @@ def main() -> None:
             holdout=args.holdout, reference="cifar10", reference_per_class=args.per_class,
             exclude_classes=(args.cls,), jpeg_quality=None if args.no_jpeg else 75, arch=args.arch,
             train=TrainConfig(epochs=args.epochs, seed=args.seed),
-            protect=PhotoProtectConfig(search=PhotoSearchConfig(mode=args.mode, rounds=args.rounds, seed=args.seed),
+            protect=PhotoProtectConfig(search=MinMinConfig.for_photos(mode=args.mode, max_rounds=args.rounds, seed=args.seed),
                                        device=args.device, data_root=args.data_root),
             seed=args.seed, data_root=args.data_root, device=args.device)
         report = verify_photo_folder(folder.parent, Path(tmp) / "verify", cfg)

@@ -71,12 +71,13 @@ def protect_cmd(
     1: some photos or folders failed, or OUT could not be written (listed); 2: usage error, nothing done;
     130: interrupted (rerun the same command to resume)."""
     from unlearnable.noise.budget import parse_epsilon
-    from unlearnable.photos.io import OutputError
-    from unlearnable.photos.protect import MANIFEST, PhotoProtectConfig, protect_photos
-    from unlearnable.photos.search import PhotoSearchConfig
+    from unlearnable.data.photos.io import OutputError
+    from unlearnable.protect.photos import MANIFEST, PhotoProtectConfig, protect_photos
+    from unlearnable.noise.minmin import MinMinConfig
 
     with user_errors(), _resumable_interrupt(), _exit_on(OutputError, EXIT_SOME_FAILED):
-        search = PhotoSearchConfig(mode=mode, eps=parse_epsilon(eps), rounds=rounds, pgd_steps=pgd_steps, seed=seed)
+        search = MinMinConfig.for_photos(mode=mode, eps=parse_epsilon(eps), max_rounds=rounds, steps=pgd_steps,
+                                          seed=seed)
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
                                  surrogate=surrogate, reference=reference, quality=quality, keep_gps=keep_gps,
                                  max_megapixels=max_megapixels, workers=workers, metrics=metrics,
@@ -94,7 +95,7 @@ def protect_cmd(
                                     completed=info["done"], total=info["total"])
                 elif kind == "round":
                     progress.console.print(f"round {info['round']:3d}  surrogate acc on scraper views "
-                                           f"{info['view_accuracy']:6.1%}  loss {info['view_loss']:.3f}")
+                                           f"{info['surrogate_acc']:6.1%}  loss {info['surrogate_loss']:.3f}")
                 elif kind == "photo":
                     progress.update(task, description="writing photos", completed=info["done"], total=info["total"])
 
@@ -194,8 +195,8 @@ def protect_dataset_cmd(
     is written back under OUT/train/ with the same relative paths, names and formats.
     Exit code 0: done; 1: some images could not be written (listed; rerun to retry); 2: usage error."""
     from unlearnable.noise.budget import parse_epsilon
-    from unlearnable.noise.error_minimizing import MinMinConfig
-    from unlearnable.protect import OutputError, WriteFailures, protect_dataset
+    from unlearnable.noise.minmin import MinMinConfig
+    from unlearnable.protect.dataset import OutputError, WriteFailures, protect_dataset
 
     with user_errors():
         cfg = MinMinConfig(mode=mode, eps=parse_epsilon(eps), step_size=step_size / 255, steps=steps,
@@ -302,7 +303,7 @@ def verify_cmd(
 def _verify_matrix(protected: Path, output: Path, archs: list[str], defenses: str, patterns: str, train_cfg,
                    clean: bool, at_steps: int, robust_images: int, data_root: Optional[Path], device: str,
                    val_share: float = 0.1, paper_recipes: bool = True) -> None:
-    from unlearnable.defended import REPORT_HTML, REPORT_JSON, MatrixConfig, verify_defenses
+    from unlearnable.verify.matrix import REPORT_HTML, REPORT_JSON, MatrixConfig, verify_defenses
 
     cfg = MatrixConfig(archs=archs, defenses=_split(defenses), train=train_cfg, include_clean=clean,
                        at_steps=at_steps, robust_n=robust_images, patterns_for=_split(patterns),
@@ -351,15 +352,15 @@ def _verify_photos(folder: Path, output: Optional[Path], arch: str, train_cfg, h
                    eps: float, seed: int, data_root: Optional[Path], device: str) -> None:
     from unlearnable.errors import UnlearnableError
     from unlearnable.noise.budget import parse_epsilon
-    from unlearnable.photos.protect import PhotoProtectConfig
-    from unlearnable.photos.search import PhotoSearchConfig
-    from unlearnable.photos.verify import REPORT, REPORT_HTML, PhotoVerifyConfig, verify_photo_folder
-    from unlearnable.report import photo_verdict_text
+    from unlearnable.protect.photos import PhotoProtectConfig
+    from unlearnable.noise.minmin import MinMinConfig
+    from unlearnable.verify.photos import REPORT, REPORT_HTML, PhotoVerifyConfig, verify_photo_folder
+    from unlearnable.report.html import photo_verdict_text
 
     if output is None:
         raise UnlearnableError("verifying a photo folder writes protected copies and a report: pass -o/--output DIR")
     root = str(data_root) if data_root else None
-    protect = PhotoProtectConfig(search=PhotoSearchConfig(eps=parse_epsilon(eps), seed=seed), data_root=root,
+    protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=parse_epsilon(eps), seed=seed), data_root=root,
                                  device=device)
     cfg = PhotoVerifyConfig(holdout=holdout, reference=reference, reference_per_class=reference_per_class,
                             exclude_classes=tuple(_split(exclude_class or "")), size=size,
@@ -372,7 +373,7 @@ def _verify_photos(folder: Path, output: Optional[Path], arch: str, train_cfg, h
             if kind == "phase":
                 progress.console.print(info["name"])
             elif kind == "protect-round":
-                progress.console.print(f"  search round {info['round']:3d}  surrogate acc {info['view_accuracy']:6.1%}")
+                progress.console.print(f"  search round {info['round']:3d}  surrogate acc {info['surrogate_acc']:6.1%}")
             elif kind == "run":
                 progress.reset(task, total=info["epochs"], description=f"victim on {info['name']} photos")
             elif kind == "epoch":
@@ -420,7 +421,7 @@ def train_cmd(
 
     import torch
 
-    from unlearnable.defended import PAPER_RECIPES, MatrixConfig, robust_label, train_defended
+    from unlearnable.verify.matrix import PAPER_RECIPES, MatrixConfig, robust_label, train_defended
     from unlearnable.train.defenses import parse_defenses
     from unlearnable.train.loop import TrainConfig
 
@@ -466,7 +467,7 @@ def train_surrogate_cmd(
     device: str = typer.Option("auto"),
 ) -> None:
     """Pretrain a surrogate and its reference bank: the recipe of the embedded default."""
-    from unlearnable.surrogate import save_surrogate, train_surrogate
+    from unlearnable.train.surrogate import save_surrogate, train_surrogate
     from unlearnable.train.loop import TrainConfig
 
     with user_errors():

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from unlearnable.data.datasets import ImageTensors
 from unlearnable.models import create_model
-from unlearnable.train.adversarial import AdversarialStep, robust_accuracy
+from unlearnable.eval.robust import robust_accuracy
+from unlearnable.train.adversarial import AdversarialStep
 from unlearnable.train.cas import CAS, CASStep, attach_cas, default_cas_layers
 from unlearnable.train.loop import TrainConfig, train
 

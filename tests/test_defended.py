@@ -11,12 +11,12 @@ from PIL import Image
 
 import torch
 
-import unlearnable.defended as defended
-from unlearnable.defended import (MatrixConfig, run_cell, split_validation, summarize_matrix, summarize_run,
+import unlearnable.verify.matrix as defended
+from unlearnable.verify.matrix import (MatrixConfig, run_cell, split_validation, summarize_matrix, summarize_run,
                                   verdict_text, verify_defenses)
-from unlearnable.noise.error_minimizing import MinMinConfig
-from unlearnable.patterns import PatternConfig
-from unlearnable.protect import protect_dataset
+from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.eval.patterns import PatternConfig
+from unlearnable.protect.dataset import protect_dataset
 from unlearnable.train.defenses import DEFENSES, parse_defenses
 from unlearnable.train.loop import EpochRecord, TrainConfig
 from unlearnable.errors import UnlearnableError
@@ -259,7 +259,7 @@ def test_readme_and_results_state_the_robust_readout_that_runs():
     import importlib.util
     from pathlib import Path
 
-    from unlearnable.defended import robust_label
+    from unlearnable.verify.matrix import robust_label
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("bench_defenses", root / "benchmarks" / "defenses.py")

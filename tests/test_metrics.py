@@ -6,8 +6,8 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-import unlearnable.metrics as metrics
-from unlearnable.metrics import psnr, ssim
+import unlearnable.eval.quality as metrics
+from unlearnable.eval.quality import psnr, ssim
 
 
 def noisy(img: np.ndarray, levels: int, seed: int = 0) -> np.ndarray:

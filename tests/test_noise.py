@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from unlearnable.data.datasets import ImageTensors
 from unlearnable.errors import UnlearnableError
 from unlearnable.noise.budget import apply_noise_uint8, epsilon_levels, linf_levels, parse_epsilon
-from unlearnable.noise.error_minimizing import MinMinConfig, error_minimizing_noise, stratified_subset
-from unlearnable.noise.pgd import PGD
+from unlearnable.noise.minmin import MinMinConfig, error_minimizing_noise
+from unlearnable.noise.problems import stratified_subset
+from unlearnable.attacks.pgd import PGD
 from unlearnable.train.loop import TrainConfig, build_model, train
 
 from conftest import synthetic_images
@@ -194,7 +195,7 @@ def test_classwise_surrogate_trains_on_all_data_and_noise_uses_a_stratified_subs
 def test_noise_search_runs_in_fp32_while_victims_keep_bf16(monkeypatch):
     """On CPU autocast is a no-op, so this checks the mechanism: every forward of the search (surrogate
     steps, PGD, stop test) runs outside the bf16 autocast context; victims' training and attacks enter it."""
-    import unlearnable.noise.pgd as pgd_mod
+    import unlearnable.attacks.pgd as pgd_mod
     import unlearnable.train.loop as loop_mod
 
     active = []
@@ -293,7 +294,7 @@ def test_bad_checkpoint_is_reported_and_the_work_redone(tmp_path, caplog, one_ro
     (tmp_path / "ckpt.pt").write_bytes(blob)
     _tamper(tmp_path / "ckpt.pt", how)
     ran = []
-    with caplog.at_level(logging.WARNING, logger="unlearnable.noise.error_minimizing"):
+    with caplog.at_level(logging.WARNING, logger="unlearnable.noise.minmin"):
         res, _ = _run("samplewise", tmp_path, rounds=1, on_round=lambda log: ran.append(log.round))
     assert "starting the noise search over" in caplog.text
     assert ran == [1] and not _RunsCodeWhenUnpickled.ran   # redone from scratch; no code ran on load

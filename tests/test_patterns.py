@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from unlearnable.patterns import (PatternConfig, classwise_patterns, noise_predictive_power, predictive_power,
+from unlearnable.eval.patterns import (PatternConfig, classwise_patterns, noise_predictive_power, predictive_power,
                                   top_k_support)
 
 

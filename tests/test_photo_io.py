@@ -1,4 +1,4 @@
-"""unlearnable.photos.io: discovery, faithful read/write and one-line errors for bad photo files."""
+"""unlearnable.data.photos.io: discovery, faithful read/write and one-line errors for bad photo files."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin
 
 from unlearnable.errors import UnlearnableError
-from unlearnable.photos.io import (
+from unlearnable.data.photos.io import (
     PHOTO_EXTENSIONS,
     Photo,
     PhotoError,

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 from unlearnable.data.datasets import ImageTensors
 from unlearnable.models import create_model
-from unlearnable.photos.apply import apply_noise, bilinear_matrix, upsample_noise
-from unlearnable.photos.clusters import kmeans, pseudo_labels
-from unlearnable.photos.scraper import ViewConfig, scraper_pipeline, scraper_view
-from unlearnable.photos.search import PhotoSearchConfig, expand_head, photo_noise
+from unlearnable.noise.upsample import apply_noise, bilinear_matrix, upsample_noise
+from unlearnable.data.pseudo_labels import kmeans, pseudo_labels
+from unlearnable.noise.views import ViewConfig, scraper_pipeline, scraper_view
+from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.noise.problems import expand_head, photo_noise
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -91,9 +92,8 @@ def test_photo_noise_is_bounded_and_leaves_the_surrogate_alone(mode):
     ref, photos, surrogate = _tiny_problem()
     labels = torch.arange(12) % 2
     before = [p.clone() for p in surrogate.parameters()]
-    cfg = PhotoSearchConfig(mode=mode, rounds=3, min_rounds=3, pgd_steps=3, train_steps=2,
-                            reference_batch=16, photo_batch=8)
-    delta, hist = photo_noise(photos, labels, 2, surrogate, ref, cfg)
+    cfg = MinMinConfig.for_photos(mode=mode, max_rounds=3, min_rounds=3, steps=3, train_steps=2)
+    delta, hist = photo_noise(photos, labels, 2, surrogate, ref, cfg, reference_batch=16, photo_batch=8)
     assert delta.shape == ((12 if mode == "samplewise" else 2), 3, 64, 64)
     assert delta.abs().max() <= cfg.eps + 1e-6 and delta.abs().max() > 0
     assert len(hist) == 3
@@ -117,9 +117,9 @@ def test_photo_noise_lowers_the_loss(mode, monkeypatch):
     """The min-min promise on real photos: the shipped surrogate is fine-tuned on the perturbed sample
     photos (two classes) during the search; on the same random scraper views, the fine-tuned model's
     loss with the found noise must be strictly lower than with no noise."""
-    import unlearnable.photos.search as search
-    from unlearnable.photos.io import read_preview
-    from unlearnable.surrogate import load_reference, load_surrogate
+    import unlearnable.noise.problems as search
+    from unlearnable.data.photos.io import read_preview
+    from unlearnable.train.surrogate import load_reference, load_surrogate
 
     surrogate, _ = load_surrogate()
     reference = load_reference()
@@ -129,7 +129,7 @@ def test_photo_noise_lowers_the_loss(mode, monkeypatch):
     made = []  # the search's own model (a fine-tuned copy with two new classes), kept to measure it
     real_expand = search.expand_head
     monkeypatch.setattr(search, "expand_head", lambda m, extra: made.append(real_expand(m, extra)) or made[-1])
-    cfg = PhotoSearchConfig(mode=mode, rounds=2, min_rounds=2, pgd_steps=3, train_steps=3)
+    cfg = MinMinConfig.for_photos(mode=mode, max_rounds=2, min_rounds=2, steps=3, train_steps=3)
     delta, _ = photo_noise(photos, labels, 2, surrogate, reference, cfg)
     model = made[0].eval()
     x = photos.float() / 255
@@ -144,7 +144,7 @@ def test_classwise_photo_step_is_the_mean_of_per_photo_steps():
     step from the class pattern and the pattern becomes their mean, not the sign of a summed gradient."""
     ref, photos, surrogate = _tiny_problem(4)
     labels = torch.zeros(4, dtype=torch.long)
-    cfg = PhotoSearchConfig(mode="classwise", rounds=1, min_rounds=1, pgd_steps=1, train_steps=0)
+    cfg = MinMinConfig.for_photos(mode="classwise", max_rounds=1, min_rounds=1, steps=1, train_steps=0)
     delta, _ = photo_noise(photos, labels, 1, surrogate, ref, cfg)
     # recompute the one PGD step: same model, same seeded views (the search's first use of its generator)
     model = expand_head(surrogate, 1).eval()
@@ -160,9 +160,9 @@ def test_classwise_photo_step_is_the_mean_of_per_photo_steps():
 
 def test_photo_noise_is_deterministic():
     ref, photos, surrogate = _tiny_problem(6)
-    cfg = dict(rounds=2, pgd_steps=2, train_steps=1, reference_batch=8, photo_batch=4)
-    d1, _ = photo_noise(photos, torch.zeros(6, dtype=torch.long), 1, surrogate, ref, PhotoSearchConfig(**cfg))
-    d2, _ = photo_noise(photos, torch.zeros(6, dtype=torch.long), 1, surrogate, ref, PhotoSearchConfig(**cfg))
+    cfg = MinMinConfig.for_photos(max_rounds=2, steps=2, train_steps=1)
+    d1, _ = photo_noise(photos, torch.zeros(6, dtype=torch.long), 1, surrogate, ref, cfg, reference_batch=8, photo_batch=4)
+    d2, _ = photo_noise(photos, torch.zeros(6, dtype=torch.long), 1, surrogate, ref, cfg, reference_batch=8, photo_batch=4)
     assert torch.equal(d1, d2)
 
 

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import unlearnable.protect as protect_mod
+import unlearnable.protect.dataset as protect_mod
 from unlearnable.cli.main import app
 from unlearnable.data.datasets import load_dataset
 from unlearnable.data.protected import load_protected
-from unlearnable.noise.error_minimizing import MinMinConfig
-from unlearnable.photos.io import PhotoError
-from unlearnable.protect import WriteFailures, protect_dataset
+from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.data.photos.io import PhotoError
+from unlearnable.protect.dataset import WriteFailures, protect_dataset
 
 FAST = MinMinConfig(max_rounds=2, steps=2, train_steps=2, batch_size=8)
 CLI_FAST = ["--arch", "smallcnn", "--steps", "2", "--train-steps", "2", "--batch-size", "8", "--max-rounds", "2"]
@@ -217,9 +217,9 @@ def test_json_reports_are_written_checked_and_never_left_half_written(tmp_path, 
     import errno
     import os
 
-    import unlearnable.photos.io as pio
+    import unlearnable.data.photos.io as pio
     from unlearnable.data.protected import write_json_atomic
-    from unlearnable.photos.io import OutputError
+    from unlearnable.data.photos.io import OutputError
 
     path = tmp_path / "report.json"
     write_json_atomic({"v": 1}, path)

@@ -9,8 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from unlearnable.cli.main import app
-from unlearnable.photos.protect import PhotoProtectConfig, protect_photos
-from unlearnable.photos.search import PhotoSearchConfig
+from unlearnable.protect.photos import PhotoProtectConfig, protect_photos
+from unlearnable.noise.minmin import MinMinConfig
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--rounds", "1", "--pgd-steps", "2", "--workers", "1"]
@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def _fast_config(**kw) -> PhotoProtectConfig:
-    return PhotoProtectConfig(search=PhotoSearchConfig(rounds=1, pgd_steps=2, train_steps=2), workers=1, **kw)
+    return PhotoProtectConfig(search=MinMinConfig.for_photos(max_rounds=1, steps=2, train_steps=2), workers=1, **kw)
 
 
 def _photo(path: Path, sample: str = "astronaut.png", size=(96, 72), fmt=None, **save) -> Path:

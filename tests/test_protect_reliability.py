@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import unlearnable.photos.io as photo_io
+import unlearnable.data.photos.io as photo_io
 from unlearnable.cli.main import app
-from unlearnable.metrics import psnr
-from unlearnable.photos.io import read_photo
+from unlearnable.eval.quality import psnr
+from unlearnable.data.photos.io import read_photo
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--rounds", "1", "--pgd-steps", "2", "--workers", "1", "--work-size", "16"]
@@ -369,7 +369,7 @@ def test_rerun_removes_only_its_own_leftover_temp_files(album, tmp_path, finishe
 
 _KILL_BEFORE_RENAME = """
 import os, signal, sys
-import unlearnable.photos.io as pio
+import unlearnable.data.photos.io as pio
 real = pio._place
 def place(tmp, path, may_replace, before):
     if path.name == "b.png":
@@ -405,7 +405,7 @@ def test_nonpositive_sizes_are_usage_errors(album, tmp_path, option):
 
 
 def test_ctrl_c_says_rerun_resumes_and_the_rerun_does(album, tmp_path, monkeypatch, finished):
-    import unlearnable.photos.protect as protect
+    import unlearnable.protect.photos as protect
 
     out = _seed(tmp_path / "out", finished)
     real = protect._protect_one

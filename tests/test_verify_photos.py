@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from unlearnable.cli.main import app
 from unlearnable.errors import UnlearnableError
-from unlearnable.photos.verify import photo_verdict, split_holdout
+from unlearnable.verify.photos import photo_verdict, split_holdout
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

@@ -53,7 +53,7 @@ def class_dir_name(k: int, name: str) -> str:
 def write_json_atomic(obj: dict, path: Path) -> None:
     """Write ``obj`` as JSON through the one checked atomic writer (unique temp file, fsync, read
     back, rename; the temp removed on failure). Raises ``OutputError`` with one line naming ``path``."""
-    from ..photos.io import write_bytes_atomic   # photos.io holds the writer until the I/O split (issue 11)
+    from .photos.io import write_bytes_atomic   # photos.io holds the writer until the I/O split (issue 11)
 
     write_bytes_atomic(Path(path), json.dumps(obj, indent=2).encode())
 

@@ -13,7 +13,7 @@ full disk or a damaged manifest. So:
   pid of the run for the message the second run prints. Without ``fcntl`` (Windows) the lock is an
   exclusive-create file whose recorded pid is checked for liveness;
 - :func:`remove_leftovers` deletes temp files of a killed run: only names matching our own temp
-  pattern (:data:`~unlearnable.photos.io.TEMP_PATTERN`, plus the fixed names older versions used),
+  pattern (:data:`~unlearnable.data.photos.io.TEMP_PATTERN`, plus the fixed names older versions used),
   only in the folders this run writes to, only regular files;
 - :func:`check_inside` refuses outputs that would leave OUT through a symbolic link.
 """

@@ -1,14 +1,21 @@
-"""Error-minimising noise (Huang et al., "Unlearnable Examples", ICLR 2021, arXiv 2101.04898).
+"""The min-min engine: error-minimising noise (Huang et al., "Unlearnable Examples", ICLR 2021,
+arXiv 2101.04898), one loop for every input kind. What differs between datasets, photos and (next)
+faces is a small *problem* object (``unlearnable.noise.problems``): the surrogate's training batches,
+the view of the data the surrogate and PGD see (identity for a dataset, the scraper view for
+photos), the stop test's data, and what a feasible δ is. The loop, the class-wise update rule, the
+stopping rule, checkpoint/resume and the round log live here once.
 
 Bi-level min-min problem (Eq. 2 of the paper)::
 
     min_θ  E_(x,y) [ min_{‖δ‖∞ ≤ ε}  CE(f_θ(x + δ), y) ]
 
 solved by alternation: train the surrogate θ for ``train_steps`` batches on (x + δ, y), then run
-PGD that *decreases* the loss for every sample (sample-wise δ_i) or for every class (class-wise
-δ_y: each sample of the batch takes its PGD steps from its class's δ, and δ_y becomes the mean of
-those per-sample results, clipped to ±ε), and stop once the surrogate's accuracy on the perturbed
-data reaches ``stop_accuracy``.
+``steps`` PGD steps (``unlearnable.attacks.pgd``) that *decrease* the loss, for every sample
+(sample-wise δ_i) or for every class (class-wise δ_y: at each step each sample of a batch steps
+from its class's δ, and δ_y becomes the mean of those per-sample results, clipped to ±ε), and stop
+once the surrogate's accuracy on the perturbed data reaches ``stop_accuracy`` (and, where set, its
+loss is below ``stop_loss`` after at least ``min_rounds`` rounds). Steps are the outer loop and
+batches the inner one, so with more than one step every class-wise step averages over the batch.
 
 Defaults are the official code's (github.com/HanxunH/Unlearnable-Examples at f347155,
 perturbation.py and scripts/cifar10/min-min-noise/*/exp_setting.sh): ε = 8/255, step size
@@ -39,6 +46,11 @@ of 512 against one PGD step over 20 % of the data), a cost accepted to keep the 
 reference's. (cuDNN may still use TF32 for fp32 convolutions where torch allows it; its spacing
 in [0.5, 1), 2⁻¹¹, is about a sixth of a step.)
 
+Photos (``MinMinConfig.for_photos``) fine-tune a pretrained surrogate (lr 0.01), take 10 PGD
+steps per round through random scraper views, stop at 99 % view accuracy *and* view loss ≤ 0.05
+after at least 5 rounds, and cap the search at 20 rounds: sized for a laptop CPU (see
+``unlearnable.noise.problems.ReferenceBankProblem``).
+
 Deviations, on purpose: (1) a round cap ``max_rounds`` (the reference loops forever when the
 threshold is out of reach); (2) the surrogate's batches are drawn from a seeded shuffle rather
 than the reference's loader order, and class-wise noise updates visit the whole subset each round
@@ -56,16 +68,15 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.datasets import ImageTensors
+from ..attacks.pgd import PGD
 from ..errors import UnlearnableError
-from ..train.loop import StandardStep, evaluate, prepare_batch
-from .pgd import PGD
+from ..train.loop import StandardStep
 
 MODES = ("samplewise", "classwise")
 logger = logging.getLogger(__name__)
@@ -73,14 +84,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MinMinConfig:
-    """Settings of the min-min search; ``None`` fields take the paper's default for the mode."""
+    """Settings of the min-min search; ``None`` fields take the paper's default for the mode.
+    ``for_photos`` gives the photo defaults."""
 
     mode: str = "samplewise"
     eps: float = 8 / 255
     step_size: float = 0.8 / 255
     steps: int | None = None            # PGD steps per round: 20 sample-wise, 1 class-wise
     train_steps: int = 10               # surrogate SGD steps per round
-    batch_size: int = 512
+    batch_size: int = 512               # PGD and stop-test batch
     stop_accuracy: float | None = None  # 0.99 (error 0.01) in both modes, the experiment scripts'
     max_rounds: int = 200
     classwise_portion: float = 0.2      # stratified share of each class that class-wise δ is updated and tested on
@@ -89,6 +101,8 @@ class MinMinConfig:
     weight_decay: float = 5e-4
     grad_clip: float | None = 5.0
     seed: int = 0
+    min_rounds: int = 1                 # do not stop before this many rounds
+    stop_loss: float | None = None      # also require the stop test's mean loss to be at most this
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,17 +115,32 @@ class MinMinConfig:
             self.stop_accuracy = 0.99
         if not 0 < self.stop_accuracy <= 1:
             raise UnlearnableError(f"stop accuracy must be in (0, 1] (0.99 = 99 %), got {self.stop_accuracy}")
-        if self.max_rounds < 1 or self.train_steps < 0 or self.batch_size < 1:
-            raise UnlearnableError("max_rounds and batch_size must be >= 1, train_steps >= 0")
+        if self.max_rounds < 1 or self.steps < 1 or self.train_steps < 0 or self.batch_size < 1:
+            raise UnlearnableError("max_rounds, steps and batch_size must be >= 1, train_steps >= 0")
         if not 0 < self.classwise_portion <= 1:
             raise UnlearnableError("classwise_portion must be in (0, 1]")
+
+    @classmethod
+    def for_photos(cls, **overrides) -> "MinMinConfig":
+        """The photo search's defaults: class-wise (measured stronger on photos), 10 PGD steps per
+        round through random scraper views, the pretrained surrogate fine-tuned at lr 0.01, all
+        photos in every update, at least 5 and at most 20 rounds, stop at 99 % view accuracy with
+        view loss ≤ 0.05; PGD batches of 256."""
+        base = dict(mode="classwise", steps=10, max_rounds=20, min_rounds=5, stop_loss=0.05, batch_size=256,
+                    lr=0.01, classwise_portion=1.0)
+        return cls(**{**base, **overrides})
+
+    def stops(self, log: "RoundLog") -> bool:
+        """Whether the search is done after ``log`` (the cap aside)."""
+        return (log.round >= self.min_rounds and log.surrogate_acc >= self.stop_accuracy
+                and (self.stop_loss is None or log.surrogate_loss <= self.stop_loss))
 
 
 @dataclass
 class RoundLog:
     round: int
-    surrogate_acc: float   # accuracy of the surrogate on the perturbed (search) data
-    surrogate_loss: float
+    surrogate_acc: float   # accuracy of the surrogate on the perturbed data as the problem scores it
+    surrogate_loss: float  # its mean cross-entropy there
     seconds: float
 
 
@@ -134,33 +163,66 @@ class MinMinResult:
         return self.delta[labels.cpu()] if self.mode == "classwise" else self.delta
 
 
-def stratified_subset(labels: torch.Tensor, portion: float, generator: torch.Generator) -> torch.Tensor:
-    """Sorted indices of a random ``portion`` of each class (at least one image per present class),
-    like scikit-learn's ``train_test_split(..., stratify=labels)`` that the reference uses.
-    ``labels``: (N,) int; returns int64 (M,) on CPU."""
-    labels = labels.cpu().long()
-    n = len(labels)
-    perm = torch.randperm(n, generator=generator)
-    order = perm[torch.sort(labels[perm], stable=True).indices]   # grouped by class, random within
-    counts = torch.bincount(labels)
-    starts = torch.cumsum(counts, 0) - counts
-    lab = labels[order]
-    rank = torch.arange(n) - starts[lab]                          # position inside its class
-    quota = (counts.double() * portion).round().long().clamp(min=1)
-    return torch.sort(order[rank < quota[lab]]).values
+class Problem(Protocol):
+    """What the engine needs from an input kind (``unlearnable.noise.problems`` has the two today).
+
+    ``groups`` (N,) on the device: the class index of each sample, which selects its class-wise δ;
+    ``num_groups``: how many class-wise δ; ``shape``: (C, H, W) of one δ.
+    ``clip_patterns``: whether a class-wise δ, stepped from one sample, is projected onto that
+    sample's pixel range before the class mean (the reference's rule for datasets) or only onto the
+    ε-ball (a pattern shared by photos that differ, each clipped when it is applied).
+    ``loss_fn``: the loss PGD descends."""
+
+    groups: torch.Tensor
+    num_groups: int
+    shape: tuple[int, int, int]
+    clip_patterns: bool
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __len__(self) -> int: ...
+
+    def fingerprint(self, h) -> None:
+        """Feed what identifies the data into ``h`` (hashlib), for a checkpoint's identity."""
+
+    def search_pool(self, classwise: bool, portion: float, gen: torch.Generator) -> torch.Tensor:
+        """Sorted indices (CPU int64) whose δ the PGD updates and the stop test scores."""
+
+    def round_order(self, pool: torch.Tensor, classwise: bool, gen: torch.Generator) -> torch.Tensor:
+        """The order the PGD visits ``pool`` in this round (on the device)."""
+
+    def train_batch(self, delta_of: Callable[[torch.Tensor], torch.Tensor],
+                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One surrogate training batch (inputs, targets) on the currently perturbed data."""
+
+    def clean(self, idx: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] of ``idx`` (the PGD's x)."""
+
+    def targets(self, idx: torch.Tensor) -> torch.Tensor:
+        """The surrogate's labels for ``idx``."""
+
+    def view(self, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The transform PGD takes each step's gradient through (None: identity)."""
+
+    def score(self, model: nn.Module, delta_of: Callable[[torch.Tensor], torch.Tensor], pool: torch.Tensor,
+              batch_size: int, gen: torch.Generator) -> tuple[float, float]:
+        """(accuracy, mean loss) of ``model`` on the perturbed ``pool``: the stop test."""
+
+    def state(self) -> dict:
+        """What must be saved to resume the batch stream; ``load_state`` validates and restores it
+        (raising ValueError when it does not fit)."""
+
+    def load_state(self, state: dict) -> None: ...
 
 
 # Stopping criteria are left out of a checkpoint's identity, so a capped run can be extended.
-_STOPPING = ("max_rounds", "stop_accuracy")
+_STOPPING = ("max_rounds", "stop_accuracy", "min_rounds", "stop_loss")
 CHECKPOINT_FORMAT = "unlearnable-minmin-checkpoint/2"
 
 
-def _fingerprint(cfg: MinMinConfig, data: ImageTensors, model: nn.Module) -> str:
+def _fingerprint(cfg: MinMinConfig, problem: Problem, model: nn.Module) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k not in _STOPPING}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    h.update(str(tuple(data.images.shape)).encode())
-    h.update(data.labels.cpu().numpy().tobytes())
-    h.update(data.images[:: max(1, len(data) // 64)].cpu().numpy().tobytes())
+    problem.fingerprint(h)
     h.update(type(model).__name__.encode())
     h.update(str(sum(p.numel() for p in model.parameters())).encode())
     return h.hexdigest()[:16]
@@ -182,7 +244,8 @@ def _atomic_save(obj: dict, path: Path) -> None:
         raise
 
 
-def _check_tensor(value: object, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+def check_tensor(value: object, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` if it is a finite ``dtype`` tensor of ``shape``; else ValueError (loaded state)."""
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape) or value.dtype != dtype:
         raise ValueError(f"{name} is not a {dtype} tensor of shape {tuple(shape)}")
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
@@ -191,10 +254,10 @@ def _check_tensor(value: object, name: str, shape: tuple, dtype: torch.dtype) ->
 
 
 def _validate_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, delta: torch.Tensor,
-                    eps: float, n: int, gen_state: torch.Tensor) -> None:
+                    eps: float, gen_state: torch.Tensor) -> None:
     """Raise ValueError unless ``state`` (from :func:`torch.load` with ``weights_only=True``) fits
     this run: the surrogate's and optimizer's tensors, δ's shape and its budget ‖δ‖∞ ≤ ε, the
-    generator, the batch stream over ``n`` images and the round log."""
+    generator and the round log (the batch stream is the problem's to check)."""
     need = ("model", "optimizer", "delta", "generator", "stream", "history", "elapsed")
     missing = [k for k in need if k not in state]
     if missing:
@@ -204,17 +267,11 @@ def _validate_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimi
     if not isinstance(saved, dict) or set(saved) != set(own):
         raise ValueError("the surrogate's weights do not match the model")
     for k, v in own.items():
-        _check_tensor(saved[k], f"weight {k}", v.shape, v.dtype)
-    d = _check_tensor(state["delta"], "δ", delta.shape, torch.float32)
+        check_tensor(saved[k], f"weight {k}", v.shape, v.dtype)
+    d = check_tensor(state["delta"], "δ", delta.shape, torch.float32)
     if d.numel() and float(d.abs().max()) > eps + 1e-6:
         raise ValueError(f"δ exceeds the budget ε = {eps * 255:.3g}/255 (max {float(d.abs().max()) * 255:.3g}/255)")
-    _check_tensor(state["generator"], "generator state", gen_state.shape, gen_state.dtype)
-    stream = state["stream"]
-    if not isinstance(stream, dict) or not isinstance(stream.get("cursor"), int) or not 0 <= stream["cursor"] <= n:
-        raise ValueError("bad batch-stream position")
-    perm = _check_tensor(stream.get("perm"), "batch order", (n,), torch.int64)
-    if not torch.equal(torch.sort(perm).values, torch.arange(n)):
-        raise ValueError("the batch order is not a permutation of the data")
+    check_tensor(state["generator"], "generator state", gen_state.shape, gen_state.dtype)
     params = list(model.parameters())
     opt = state["optimizer"]
     try:
@@ -225,7 +282,7 @@ def _validate_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimi
         for i, s in opt["state"].items():
             for key, v in s.items():
                 if isinstance(v, torch.Tensor) and v.dim() > 0:
-                    _check_tensor(v, f"optimizer {key}", params[i].shape, params[i].dtype)
+                    check_tensor(v, f"optimizer {key}", params[i].shape, params[i].dtype)
     except (KeyError, TypeError, AttributeError, IndexError) as e:
         raise ValueError(f"malformed optimizer state ({e})") from None
     hist = state["history"]
@@ -258,68 +315,35 @@ def _read_checkpoint(path: Path, fingerprint: str) -> dict | None:
     return state
 
 
-class _BatchStream:
-    """Endless seeded stream of batch indices over ``pool`` (drop-last, reshuffled each pass)."""
-
-    def __init__(self, pool: torch.Tensor, batch_size: int, gen: torch.Generator) -> None:
-        self.pool, self.bs, self.gen = pool, min(batch_size, len(pool)), gen
-        self.perm = self.pool[torch.randperm(len(pool), generator=gen)]
-        self.cursor = 0
-
-    def next(self) -> torch.Tensor:
-        if self.cursor + self.bs > len(self.perm):
-            self.perm = self.pool[torch.randperm(len(self.pool), generator=self.gen)]
-            self.cursor = 0
-        idx = self.perm[self.cursor:self.cursor + self.bs]
-        self.cursor += self.bs
-        return idx
-
-    def state(self) -> dict:
-        return {"perm": self.perm, "cursor": self.cursor}
-
-    def load(self, s: dict) -> None:
-        self.perm, self.cursor = s["perm"], s["cursor"]
-
-
-def error_minimizing_noise(
-    surrogate: nn.Module,
-    data: ImageTensors,
-    config: MinMinConfig | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    on_round: Callable[[RoundLog], None] | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
-) -> MinMinResult:
-    """Search error-minimising noise for ``data`` (uint8 images) with ``surrogate`` (trained in
-    place). With ``checkpoint``, state is saved after every round and an existing checkpoint from
-    the same settings and data is resumed (stopping criteria may differ: a run stopped by its cap
-    continues); the result equals an uninterrupted run's, also after an interrupt in mid-round.
-    A checkpoint that cannot be read or fails validation (including ‖δ‖∞ ≤ ε) is reported with a
-    warning and the search starts over. ``on_progress(phase, done, total)`` reports batches of the
-    'train' / 'search' phases."""
+def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None = None,
+           checkpoint: str | os.PathLike | None = None,
+           on_round: Callable[[RoundLog], None] | None = None,
+           on_progress: Callable[[str, int, int], None] | None = None) -> MinMinResult:
+    """Search error-minimising noise for ``problem`` with ``surrogate`` (trained in place; its device
+    is the search's). With ``checkpoint``, state is saved after every round and an existing
+    checkpoint from the same settings and data is resumed (stopping criteria may differ: a run
+    stopped by its cap continues); the result equals an uninterrupted run's, also after an
+    interrupt in mid-round. A checkpoint that cannot be read or fails validation (including
+    ‖δ‖∞ ≤ ε) is reported with a warning and the search starts over. ``on_progress(phase, done,
+    total)`` reports the batches of the 'train' and 'search' phases."""
     cfg = config or MinMinConfig()
     device = next(surrogate.parameters()).device
-    data = data.to(device)
-    n, k = len(data), data.num_classes
     classwise = cfg.mode == "classwise"
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.SGD(surrogate.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    if classwise:  # noise update and stop test on a stratified subset; the surrogate trains on all
-        pool = stratified_subset(data.labels, cfg.classwise_portion, gen)
-        delta = torch.zeros((k,) + tuple(data.images.shape[1:]), device=device)
-    else:
-        pool = torch.arange(n)
-        delta = torch.zeros(data.images.shape, device=device)
-    stream = _BatchStream(torch.arange(n), cfg.batch_size, gen)
+    pool = problem.search_pool(classwise, cfg.classwise_portion, gen)
+    delta = torch.zeros(((problem.num_groups if classwise else len(problem)),) + tuple(problem.shape), device=device)
     train_step = StandardStep(grad_clip=cfg.grad_clip, amp=False)   # fp32 throughout: see module doc
     history: list[RoundLog] = []
     elapsed = 0.0
     ckpt = Path(checkpoint) if checkpoint else None
-    fp = _fingerprint(cfg, data, surrogate)
+    fp = _fingerprint(cfg, problem, surrogate)
     state = _read_checkpoint(ckpt, fp) if ckpt is not None and ckpt.exists() else None
     if state is not None:
         try:
-            _validate_state(state, surrogate, optimizer, delta, cfg.eps, n, gen.get_state())
+            _validate_state(state, surrogate, optimizer, delta, cfg.eps, gen.get_state())
+            problem.load_state(state["stream"])
         except ValueError as e:
             logger.warning("%s cannot be used (%s); starting the noise search over", ckpt, e)
         else:
@@ -327,64 +351,104 @@ def error_minimizing_noise(
             optimizer.load_state_dict(state["optimizer"])
             delta = state["delta"].to(device)
             gen.set_state(state["generator"])
-            stream.load(state["stream"])
             history = [RoundLog(**r) for r in state["history"]]
             elapsed = state["elapsed"]
 
-    pgd = PGD(surrogate, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps, minimize=True, amp=False)
+    def delta_of(idx: torch.Tensor) -> torch.Tensor:
+        return delta[problem.groups[idx]] if classwise else delta[idx]
+
     pool_dev = pool.to(device)
-    search_data = data.subset(pool_dev) if classwise else data
-    converged = bool(history) and history[-1].surrogate_acc >= cfg.stop_accuracy
+    converged = bool(history) and cfg.stops(history[-1])
     while not converged and len(history) < cfg.max_rounds:
         t0 = time.perf_counter()
-        # 1) a few SGD steps of the surrogate on the currently perturbed data (no augmentation)
+        # 1) a few SGD steps of the surrogate on the currently perturbed data
         surrogate.train()
         for j in range(cfg.train_steps):
-            idx = stream.next().to(device)
-            x, y = prepare_batch(data.images[idx]), data.labels[idx]
-            d = delta[y] if classwise else delta[idx]
-            train_step(surrogate, optimizer, (x + d).clamp_(0, 1), y)
+            x, y = problem.train_batch(delta_of, gen)
+            train_step(surrogate, optimizer, x, y)
             if on_progress:
                 on_progress("train", j + 1, cfg.train_steps)
-        # 2) PGD that minimises the loss, over all samples (sample-wise) or the search subset
-        if classwise:
-            order = pool_dev[torch.randperm(len(pool), generator=gen).to(device)]
-        else:
-            order = pool_dev
-        nb = (len(order) + cfg.batch_size - 1) // cfg.batch_size
-        for b in range(nb):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = prepare_batch(data.images[idx]), data.labels[idx]
-            if classwise:  # per-sample PGD from the class's δ, then δ_y = mean of the results
-                new = pgd.perturb(x, y, delta[y])
-                onehot = F.one_hot(y, k).float()                      # (B, K)
-                sums = onehot.t() @ new.flatten(1)                    # (K, CHW)
-                counts = onehot.sum(0)
-                present = counts > 0
-                mean = sums[present] / counts[present, None]
-                delta[present] = mean.view(-1, *delta.shape[1:]).clamp(-cfg.eps, cfg.eps)
-            else:
-                delta[idx] = pgd.perturb(x, y, delta[idx])
-            if on_progress:
-                on_progress("search", b + 1, nb)
-        # 3) stop condition: surrogate accuracy on the perturbed search data, in fp32
-        if classwise:
-            acc, loss_val = evaluate(surrogate, search_data, cfg.batch_size, delta=delta[search_data.labels],
-                                     amp=False)
-        else:
-            acc, loss_val = evaluate(surrogate, data, cfg.batch_size, delta=delta, amp=False)
+        # 2) PGD that minimises the loss, steps outer and batches inner, the surrogate frozen
+        delta = _search(surrogate, problem, cfg, delta, pool_dev, classwise, gen, on_progress)
+        # 3) stop test: the surrogate on the perturbed search data, in fp32
+        acc, loss_val = problem.score(surrogate, delta_of, pool_dev, cfg.batch_size, gen)
         seconds = time.perf_counter() - t0
         elapsed += seconds
         log = RoundLog(len(history) + 1, acc, loss_val, seconds)
         history.append(log)
         logger.info("round %d: surrogate acc on perturbed data %.4f, loss %.4f (%.1fs)",
                     log.round, acc, loss_val, seconds)
-        converged = acc >= cfg.stop_accuracy
+        converged = cfg.stops(log)
         if ckpt is not None:
             _atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model": surrogate.state_dict(),
                           "optimizer": optimizer.state_dict(), "delta": delta.cpu(),
-                          "generator": gen.get_state(), "stream": stream.state(),
+                          "generator": gen.get_state(), "stream": problem.state(),
                           "history": [asdict(h) for h in history], "elapsed": elapsed}, ckpt)
         if on_round:
             on_round(log)
-    return MinMinResult(delta.cpu(), cfg.mode, history, converged, elapsed)
+    return MinMinResult(delta.detach().cpu(), cfg.mode, history, converged, elapsed)
+
+
+def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.Tensor, pool: torch.Tensor,
+            classwise: bool, gen: torch.Generator, on_progress) -> torch.Tensor:
+    """One round of the noise update: ``cfg.steps`` PGD steps over ``pool`` in batches. Each
+    batch's δ is projected onto its feasible set before the first step (as PGD starts). Class-wise,
+    at every step each sample steps from its class's δ and δ_y becomes the mean of the stepped
+    copies in the batch, clipped to ±ε (perturbation.py ``universal_perturbation``)."""
+    order = problem.round_order(pool, classwise, gen)
+    pgd = PGD(model, eps=cfg.eps, alpha=cfg.step_size, steps=1, minimize=True, loss_fn=problem.loss_fn,
+              amp=False, clip_images=problem.clip_patterns or not classwise)
+    bs = cfg.batch_size
+    batches = [order[b:b + bs] for b in range(0, len(order), bs)]
+    total = cfg.steps * len(batches)
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    k = len(delta)
+    try:
+        for s in range(cfg.steps):
+            for b, idx in enumerate(batches):
+                x, y = problem.clean(idx), problem.targets(idx)
+                pgd.transform = problem.view(gen)
+                if classwise:
+                    g = problem.groups[idx]
+                    d = delta[g]
+                    if s == 0:
+                        d = pgd.project(d, x)
+                    new = pgd.step(x, y, d)
+                    onehot = F.one_hot(g, k).float()                  # (B, K)
+                    sums = onehot.t() @ new.flatten(1)                # (K, CHW)
+                    counts = onehot.sum(0)
+                    present = counts > 0
+                    mean = sums[present] / counts[present, None]
+                    delta[present] = mean.view(-1, *delta.shape[1:]).clamp(-cfg.eps, cfg.eps)
+                else:
+                    d = delta[idx]
+                    if s == 0:
+                        d = pgd.project(d, x)
+                    delta[idx] = pgd.step(x, y, d)
+                if on_progress:
+                    on_progress("search", s * len(batches) + b + 1, total)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
+    return delta
+
+
+def error_minimizing_noise(surrogate: nn.Module, data, config: MinMinConfig | None = None,
+                           checkpoint: str | os.PathLike | None = None,
+                           on_round: Callable[[RoundLog], None] | None = None,
+                           on_progress: Callable[[str, int, int], None] | None = None) -> MinMinResult:
+    """Error-minimising noise for a labelled dataset (``ImageTensors`` of uint8 images): the engine on
+    a ``DatasetProblem`` (identity view, the reference's rules); see :func:`minmin`."""
+    from .problems import DatasetProblem
+
+    cfg = config or MinMinConfig()
+    device = next(surrogate.parameters()).device
+    return minmin(surrogate, DatasetProblem(data.to(device), cfg.batch_size), cfg, checkpoint, on_round, on_progress)
+
+
+__all__ = ["MinMinConfig", "MinMinResult", "RoundLog", "Problem", "minmin", "error_minimizing_noise"]

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import autocast
-from .errors import UnlearnableError
+from ..device import autocast
+from ..errors import UnlearnableError
 
 
 @dataclass

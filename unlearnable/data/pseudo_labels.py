@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import to_float
+from .augment import to_float
 
 
 @torch.no_grad()

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .data.datasets import ImageTensors, balanced_subset, load_dataset, resolve_data_root
-from .device import resolve_device
-from .errors import DataNotFoundError, UnlearnableError
-from .train.loop import EpochRecord, TrainConfig, build_model, evaluate, train
+from .. import __version__
+from ..data.datasets import ImageTensors, balanced_subset, load_dataset, resolve_data_root
+from ..device import resolve_device
+from ..errors import DataNotFoundError, UnlearnableError
+from .loop import EpochRecord, TrainConfig, build_model, evaluate, train
 
 DEFAULT_NAME = "smallcnn-cifar10"
 WEIGHTS_SUFFIX = ".pt"

@@ -9,7 +9,7 @@ unprotected. The number that matters is the held-out accuracy: the share of the 
 photos each victim puts in their own class. Protection works when the protected victim's is low
 and the unprotected victim's is not.
 
-Verdict (``photo_verdict``, the rule of ``unlearnable.defended.summarize_matrix``): no verdict when
+Verdict (``photo_verdict``, the rule of ``unlearnable.verify.matrix.summarize_matrix``): no verdict when
 the unprotected victim's held-out accuracy is below chance + 10 points (the experiment cannot show
 anything); *broken* when the protected victim recovers at least half of the unprotected one's gain
 over chance; *holds* otherwise. Both victims are scored after their last epoch (no epoch choice,
@@ -36,9 +36,9 @@ from ..data.protected import write_json_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
 from ..train.loop import TrainConfig, build_model, evaluate, train
-from .io import discover, read_photo, to_rgb8
-from .protect import PhotoProtectConfig, protect_photos
-from .scraper import scraper_pipeline
+from ..data.photos.io import discover, read_photo, to_rgb8
+from ..protect.photos import PhotoProtectConfig, protect_photos
+from ..noise.views import scraper_pipeline
 
 REPORT = "verify-photos.json"
 REPORT_HTML = "report.html"
@@ -174,7 +174,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     }
     report.update(photo_verdict(runs, report["chance_heldout_accuracy"]))
     write_json_atomic(report, out / REPORT)
-    from ..report import write_photo_report
+    from ..report.html import write_photo_report
 
     shown = list(range(min(8, len(train_idx))))
     write_photo_report(out / REPORT_HTML, report, {"clean": clean_x[shown], "protected": prot_x[shown],

@@ -44,20 +44,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__
-from .data.datasets import (ImageTensors, balanced_subset, image_file_size, imagefolder_root, load_dataset,
+from .. import __version__
+from ..data.datasets import (ImageTensors, balanced_subset, image_file_size, imagefolder_root, load_dataset,
                             load_imagefolder, resolve_data_root, scan_imagefolder)
-from .data.protected import (FORMAT, IMAGES_DIR, LAYOUT_IMAGEFOLDER, LAYOUT_INDEXED, MANIFEST, class_dirs,
+from ..data.protected import (FORMAT, IMAGES_DIR, LAYOUT_IMAGEFOLDER, LAYOUT_INDEXED, MANIFEST, class_dirs,
                              indexed_file, read_manifest)
-from .device import resolve_device
-from .errors import UnlearnableError
-from .metrics import psnr
-from .noise.budget import apply_noise_uint8, epsilon_levels, linf_levels
-from .noise.error_minimizing import MinMinConfig, RoundLog, error_minimizing_noise
-from .photos.apply import apply_noise
-from .photos.io import OutputError, Photo, PhotoError, UsageError, read_photo, write_bytes_atomic, write_photo
-from .photos.outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
-from .train.loop import build_model
+from ..device import resolve_device
+from ..errors import UnlearnableError
+from ..eval.quality import psnr
+from ..noise.budget import apply_noise_uint8, epsilon_levels, linf_levels
+from ..noise.minmin import MinMinConfig, RoundLog, error_minimizing_noise
+from ..noise.upsample import apply_noise
+from ..data.photos.io import OutputError, Photo, PhotoError, UsageError, read_photo, write_bytes_atomic, write_photo
+from ..data.photos.outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
+from ..train.loop import build_model
 
 CHECKPOINT = f"{STATE_DIR}/checkpoint.pt"
 RUN_STATE = "dataset-run.json"

@@ -43,14 +43,16 @@ from .. import __version__
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
 from ..device import resolve_device
 from ..errors import UnlearnableError
-from ..metrics import max_abs_difference, psnr, ssim, ssim_defined
-from ..surrogate import DEFAULT_NAME, load_reference, load_surrogate
-from .apply import EPS_TOLERANCE, apply_noise
-from .clusters import nearest_cluster, pseudo_labels_with_centroids
-from .io import (OutputError, PhotoError, PhotoFile, UsageError, discover, read_photo, read_preview, sha256_file,
+from ..eval.quality import max_abs_difference, psnr, ssim, ssim_defined
+from ..train.surrogate import DEFAULT_NAME, load_reference, load_surrogate
+from ..noise.upsample import EPS_TOLERANCE, apply_noise
+from ..data.pseudo_labels import nearest_cluster, pseudo_labels_with_centroids
+from ..data.photos.io import (OutputError, PhotoError, PhotoFile, UsageError, discover, read_photo, read_preview, sha256_file,
                  write_bytes_atomic, write_photo)
-from .outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
-from .search import PhotoSearchConfig, photo_noise
+from ..data.photos.outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
+from ..noise.minmin import MinMinConfig
+from ..noise.problems import photo_noise
+from ..noise.views import ViewConfig
 
 MANIFEST = "manifest.json"
 STATE = "search.pt"
@@ -72,7 +74,10 @@ MEASURED = {
 class PhotoProtectConfig:
     """What ``unlearnable protect`` does; ε in [0, 1] pixel units (the CLI's 8 means 8/255)."""
 
-    search: PhotoSearchConfig = field(default_factory=PhotoSearchConfig)
+    search: MinMinConfig = field(default_factory=MinMinConfig.for_photos)
+    view: ViewConfig = field(default_factory=ViewConfig)    # the scraper views the search takes its steps through
+    reference_batch: int = 64       # clean reference images per surrogate step
+    photo_batch: int = 32           # perturbed photos per surrogate step (drawn with replacement)
     work_size: int = 64             # photos are searched squashed to work_size x work_size
     label_free: bool = False        # pseudo-classes from clustering instead of folder names
     clusters: int | None = None     # number of pseudo-classes with label_free (default: about n/5, 2..10)
@@ -383,7 +388,8 @@ class _Run:
         delta, history = photo_noise(
             x, y, len(local), surrogate, _load_reference(cfg, self.smeta), cfg.search,
             on_round=lambda r: self.emit("round", asdict(r)),
-            on_progress=lambda phase, d, t: self.emit("search-progress", {"phase": phase, "done": d, "total": t}))
+            on_progress=lambda phase, d, t: self.emit("search-progress", {"phase": phase, "done": d, "total": t}),
+            view=cfg.view, reference_batch=cfg.reference_batch, photo_batch=cfg.photo_batch)
         hashes = [h for _, h, _ in ready]
         record = {"classes": local, "photos": len(ready), "rounds": len(history),
                   "seconds": sum(r.seconds for r in history), "history": [asdict(r) for r in history]}

@@ -30,7 +30,7 @@ itself trains models too weak to tell); *holds* otherwise.
 Each finished cell is written to ``OUT/cells/<arch>--<defense>--<data>.json`` as soon as it
 ends, keyed by a fingerprint of everything that determines it, so an interrupted matrix resumes
 where it stopped. ``report.json`` gathers the cells; ``report.html`` is rendered from it
-(``unlearnable.report``) with the image assets of ``assets.pt``.
+(``unlearnable.report.html``) with the image assets of ``assets.pt``.
 """
 from __future__ import annotations
 
@@ -46,14 +46,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data.datasets import ImageTensors, balanced_subset, load_dataset
-from .data.protected import MANIFEST, load_protected, write_json_atomic
-from .device import resolve_device
-from .errors import UnlearnableError
-from .patterns import PatternConfig, classwise_patterns, noise_predictive_power
-from .train.adversarial import robust_accuracy
-from .train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses
-from .train.loop import EpochRecord, TrainConfig, build_model, prepare_batch, train
+from ..data.datasets import ImageTensors, balanced_subset, load_dataset
+from ..data.protected import MANIFEST, load_protected, write_json_atomic
+from ..device import resolve_device
+from ..errors import UnlearnableError
+from ..eval.patterns import PatternConfig, classwise_patterns, noise_predictive_power
+from ..eval.robust import robust_accuracy
+from ..train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses
+from ..train.loop import EpochRecord, TrainConfig, build_model, prepare_batch, train
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -256,7 +256,7 @@ def clean_cells(dataset: str, indices, out_dir: str | os.PathLike, config: Matri
 
 def _save_atomic(obj, path: Path) -> None:
     """``torch.save`` through the one checked atomic writer (``photos.io.write_bytes_atomic``)."""
-    from .photos.io import write_bytes_atomic
+    from ..data.photos.io import write_bytes_atomic
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -359,7 +359,7 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     ``assets.pt`` and ``report.html`` under ``out_dir``. ``on_cell(key, i, total, reused)`` is
     called as each cell starts. ``only_finished``: train nothing, report the cells finished so far
     (``report["cells_missing"]`` lists the rest; their rows have no verdict). Returns the report dict."""
-    from .report import write_report
+    from ..report.html import write_report
 
     cfg = config or MatrixConfig()
     dev = resolve_device(device)
@@ -566,7 +566,7 @@ def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig |
     """Train one model through a defense on a (clean) dataset or a ``protect-dataset`` folder,
     optionally with injected label noise; ``config.val_share`` of it is held out to choose the epoch.
     Returns (record with clean and robust test accuracy, model)."""
-    from .data.label_noise import asymmetric_noise_cifar10, symmetric_noise
+    from ..data.label_noise import asymmetric_noise_cifar10, symmetric_noise
 
     cfg = config or MatrixConfig(archs=[arch], defenses=[defense], patterns_for=["none"])
     dev = resolve_device(device)

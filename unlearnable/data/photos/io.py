@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from ..errors import UnlearnableError
+from ...errors import UnlearnableError
 
 try:  # optional HEIC/HEIF support (iPhone photos)
     import pillow_heif  # type: ignore[import-not-found]

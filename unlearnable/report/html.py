@@ -1,6 +1,6 @@
 """The verification reports: self-contained HTML files rendered from ``report.json`` and
-``assets.pt`` (written by ``unlearnable.defended.verify_defenses``), or from a photo-folder
-verification (``unlearnable.photos.verify``). Each opens with a plain-language verdict; every
+``assets.pt`` (written by ``unlearnable.verify.matrix.verify_defenses``), or from a photo-folder
+verification (``unlearnable.verify.photos``). Each opens with a plain-language verdict; every
 plot has axis labels with units, a legend and the chance line. No network and no side
 files: images are PNG data URIs, learning curves inline SVG, styles inline."""
 from __future__ import annotations
@@ -328,7 +328,7 @@ def render_report(report: dict, assets: dict) -> str:
 
 def _write_text_atomic(path: Path, text: str) -> Path:
     """``text`` (UTF-8) through the one checked atomic writer (``photos.io.write_bytes_atomic``)."""
-    from .photos.io import write_bytes_atomic
+    from ..data.photos.io import write_bytes_atomic
 
     write_bytes_atomic(path, text.encode("utf-8"))
     return path

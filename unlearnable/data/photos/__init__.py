@@ -1,0 +1,2 @@
+"""Photo files: discovery and output guards, decoding, metadata, encoding, the output folder's
+journal and lock."""

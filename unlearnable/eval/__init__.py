@@ -1,0 +1,2 @@
+"""Evaluation: robust accuracy, image-quality metrics, matrix summaries and verdicts, class-wise
+predictive patterns."""

@@ -1,0 +1,2 @@
+"""Protection workflows, one module per input kind: ``dataset`` (``unlearnable protect-dataset``)
+and ``photos`` (``unlearnable protect``)."""

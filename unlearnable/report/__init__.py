@@ -1,0 +1,1 @@
+"""Report renderers: self-contained HTML over the JSON the verify workflows write."""
