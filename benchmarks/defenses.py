@@ -51,12 +51,12 @@ import torch
 from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.data.label_noise import symmetric_noise
 from unlearnable.data.protected import read_manifest
-from unlearnable.verify.matrix import MatrixConfig, clean_cells, load_test, robust_settings, run_cell, verify_defenses
 from unlearnable.device import resolve_device
 from unlearnable.noise.minmin import MinMinConfig
 from unlearnable.protect.dataset import protect_dataset
 from unlearnable.train.defenses import parse_defenses
 from unlearnable.train.loop import TrainConfig, evaluate
+from unlearnable.verify.matrix import MatrixConfig, clean_cells, load_test, robust_settings, run_cell, verify_defenses
 
 CONFIGS = {
     "cpu": {"subset": 5_000, "test_subset": 2_000, "surrogate": "smallcnn", "matrix_arch": "smallcnn",
@@ -72,6 +72,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def log_event(prefix: str):
+    """An ``on_event`` (``unlearnable.events``) that logs models and epochs to stderr."""
+    def on_event(kind: str, info: dict) -> None:
+        if kind == "model":
+            log(f"[{prefix}{info['index']}/{info['total']}] {info['key']}{' (cached)' if info['reused'] else ''}")
+        elif kind == "epoch":
+            val = f" val {info['val_acc']:.3f}" if info.get("val_acc") is not None else ""
+            log(f"    epoch {info['epoch']}: train {info['train_acc']:.3f}{val} test {info['test_acc']:.3f} "
+                f"({info['seconds']:.0f}s)")
+    return on_event
+
+
 def protected_dir(out: Path, mode: str, c: dict, data_root, dev) -> Path:
     d = out / f"protected-{mode}"
     try:
@@ -80,7 +92,8 @@ def protected_dir(out: Path, mode: str, c: dict, data_root, dev) -> Path:
         log(f"protecting ({mode})")
         protect_dataset("cifar10", d, MinMinConfig(mode=mode, max_rounds=c["max_rounds"]), c["surrogate"],
                         c["subset"], data_root, str(dev),
-                        on_round=lambda r: log(f"  round {r.round}: surrogate acc {r.surrogate_acc:.4f}"))
+                        on_event=lambda kind, r: kind == "round" and log(f"  round {r['round']}: surrogate acc "
+                                                                          f"{r['surrogate_acc']:.4f}"))
     return d
 
 
@@ -88,9 +101,7 @@ def matrix(prot: Path, out: Path, archs: list[str], defenses: list[str], c: dict
            patterns: list[str] = ["standard"], only_finished: bool = False) -> dict:
     cfg = matrix_config(c, archs, defenses, patterns)
     return verify_defenses(prot, out, cfg, str(dev), data_root,
-                           on_cell=lambda k, i, n, reused: log(f"[{i}/{n}] {k}{' (cached)' if reused else ''}"),
-                           on_epoch=lambda r: log(f"    epoch {r.epoch}: train {r.train_acc:.3f} test {r.test_acc:.3f} "
-                                                  f"({r.seconds:.0f}s)"), only_finished=only_finished)
+                           on_event=log_event(""), only_finished=only_finished)
 
 
 def matrix_config(c: dict, archs: list[str] | None = None, defenses: list[str] | None = None,
@@ -157,7 +168,7 @@ def label_noise(out: Path, c: dict, data_root, dev) -> dict:
     wrong = (noisy.labels != train.labels).nonzero().squeeze(1)
     cfg = MatrixConfig(archs=[c["matrix_arch"]], defenses=["standard", "apl", "tcr"],
                        train=TrainConfig(epochs=c["noise_epochs"], lr=0.01, weight_decay=1e-4),
-                       robust_n=0, patterns_for=["none"], recipes={},   # all three share APL's recipe
+                       robust_images=0, patterns_for=["none"], recipes={},   # all three share APL's recipe
                        # as many label-only updates before TCR calibrates as the paper's first epoch
                        # (391 on 50k images), so the subset's smaller epochs do not starve it
                        tcr_warmup_epochs=max(1, round(50_000 / len(train))))
@@ -271,9 +282,7 @@ def main() -> int:
             idx = balanced_subset(src.labels, c["subset"], MinMinConfig().seed) if c["subset"] else None
             clean_cells("cifar10", idx if idx is not None else range(len(src)), out / f"verify-{mode}",
                         matrix_config(c, [c["matrix_arch"]], defenses), str(dev), args.data_root,
-                        on_cell=lambda k, i, n, reused: log(f"[clean {i}/{n}] {k}{' (cached)' if reused else ''}"),
-                        on_epoch=lambda r: log(f"    epoch {r.epoch}: train {r.train_acc:.3f} val {r.val_acc:.3f} "
-                                               f"test {r.test_acc:.3f} ({r.seconds:.0f}s)"))
+                        on_event=log_event("clean "))
         mout = out / f"verify-{mode}"
         if args.finished_only:
             try:

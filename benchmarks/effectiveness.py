@@ -59,17 +59,23 @@ def main() -> int:
     extra = {"classwise_portion": args.classwise_portion} if args.classwise_portion is not None else {}
     cfg = MinMinConfig(mode=args.mode, max_rounds=c["max_rounds"], stop_accuracy=args.stop_accuracy, **extra)
 
-    def log_round(r):
-        print(f"round {r.round}: surrogate acc {r.surrogate_acc:.4f} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
+    def log_round(kind, r):
+        if kind == "round":
+            print(f"round {r['round']}: surrogate acc {r['surrogate_acc']:.4f} ({r['seconds']:.1f}s)", file=sys.stderr,
+                  flush=True)
 
     load_start = os.getloadavg()[0]  # other jobs on the machine slow the timings down
     t0 = time.perf_counter()
     manifest = protect_dataset("cifar10", out, cfg, c["surrogate"], c["subset"], args.data_root, str(dev),
-                               on_round=log_round)
+                               on_event=log_round)
     gen_wall = time.perf_counter() - t0
 
-    def log_epoch(r):
-        print(f"  epoch {r.epoch}: train {r.train_acc:.4f} test {r.test_acc:.4f} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
+    def log_event(kind, info):
+        if kind == "model":
+            print(info["key"], file=sys.stderr, flush=True)
+        elif kind == "epoch":
+            print(f"  epoch {info['epoch']}: train {info['train_acc']:.4f} test {info['test_acc']:.4f} "
+                  f"({info['seconds']:.1f}s)", file=sys.stderr, flush=True)
 
     t1 = time.perf_counter()
     # val_share=0: victims train on the whole protected set and report the final epoch (and the test
@@ -77,8 +83,7 @@ def main() -> int:
     matrix = MatrixConfig(archs=victims, defenses=["standard"], train=TrainConfig(epochs=epochs),
                           robust_images=0, patterns_for=["none"], val_share=0.0)
     report = verify_defenses(out, f"{out}/verify", matrix, str(dev), args.data_root,
-                             on_cell=lambda key, i, n, reused: print(key, file=sys.stderr, flush=True),
-                             on_epoch=log_epoch)
+                             on_event=log_event)
     victims_out = {}
     for r in report["cells"]:
         v = victims_out.setdefault(r["arch"], {})

@@ -7,7 +7,7 @@ is held out clean, the rest is protected with the defaults, and two fresh victim
 other nine CIFAR-10 classes (``--per-class`` training images each, as many as the protected
 photos, so that the photo class is not a minority the unprotected victim could ignore) plus the photos as a tenth
 class, through the scraper pipeline (resize to 32, JPEG q75, crop + flip). Prints the report JSON
-(with the verdict: ``unlearnable.verify.photos.photo_verdict``); ``--out DIR`` keeps the protected
+(with the verdict: ``unlearnable.eval.summary.photo_verdict``); ``--out DIR`` keeps the protected
 photos and the HTML report (``DIR/verify/report.html``), otherwise they go with a temp folder.
 
     python benchmarks/photo_verify.py [--cls automobile] [--photos 400] [--epochs 20] [--arch resnet18-narrow]
@@ -24,10 +24,10 @@ from pathlib import Path
 from PIL import Image
 
 from unlearnable.data.datasets import load_dataset
-from unlearnable.protect.photos import PhotoProtectConfig
 from unlearnable.noise.minmin import MinMinConfig
-from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
+from unlearnable.protect.photos import PhotoProtectConfig
 from unlearnable.train.loop import TrainConfig
+from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
 
 
 def export_class(dest: Path, cls: str, count: int, size: int, data_root: str | None) -> Path:

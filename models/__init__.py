@@ -1,6 +1,13 @@
 """Network architectures by name (timm-style registry). Models take images (B, C, H, W)
 in [0, 1] and return logits; they know nothing about noise or training.
 
+Every model has timm's API: ``forward_features(x)`` (the feature map before global pooling),
+``forward_head(x, pre_logits=False)`` (pooling and classifier; ``pre_logits=True`` gives the
+pooled (B, num_features) features), ``forward(x) = forward_head(forward_features(x))``,
+``get_classifier()`` (the final ``nn.Linear``), ``reset_classifier(num_classes)`` and the
+attribute ``num_features``; plus ``cas_layers``, the submodule names where Channel-wise
+Activation Suppressing (``unlearnable.train.cas``) attaches by default.
+
 >>> from unlearnable.models import create_model
 >>> net = create_model("resnet18", num_classes=10)
 """
@@ -10,6 +17,7 @@ from typing import Callable
 
 from torch import nn
 
+from .heads import Classifier, add_classes
 from .resnet import ResNet, resnet18
 from .small_cnn import SmallCNN, small_cnn
 from .vgg import VGG
@@ -42,4 +50,4 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
     return factory(num_classes, in_channels)
 
 
-__all__ = ["create_model", "list_models", "ResNet", "SmallCNN", "VGG", "WideResNet"]
+__all__ = ["Classifier", "add_classes", "create_model", "list_models", "ResNet", "SmallCNN", "VGG", "WideResNet"]

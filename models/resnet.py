@@ -5,8 +5,10 @@ stages of two BasicBlocks, global average pooling. Inputs are (B, C, H, W) in [0
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from .heads import Classifier
 
 
 class BasicBlock(nn.Module):
@@ -29,8 +31,13 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
-    """ResNet for small images; ``width`` is the first stage's channel count (64 in the paper)."""
+class ResNet(Classifier):
+    """ResNet for small images; ``width`` is the first stage's channel count (64 in the paper).
+    Stem and ``stages`` -> global average pooling -> ``linear``. ``cas_layers``: where CAS attaches
+    by default, every block of the last stage (official CAS placement, ``layer4``)."""
+
+    classifier_attr = "linear"
+    cas_layers: tuple[str, ...]
 
     def __init__(self, num_blocks: tuple[int, ...], num_classes: int = 10,
                  in_channels: int = 3, width: int = 64) -> None:
@@ -42,7 +49,10 @@ class ResNet(nn.Module):
         for i, n in enumerate(num_blocks):
             stages.append(self._make_stage(width * 2 ** i, n, 1 if i == 0 else 2))
         self.stages = nn.Sequential(*stages)
-        self.linear = nn.Linear(width * 2 ** (len(num_blocks) - 1), num_classes)
+        self.num_features = width * 2 ** (len(num_blocks) - 1)
+        self.linear = nn.Linear(self.num_features, num_classes)
+        last = len(num_blocks) - 1
+        self.cas_layers = tuple(f"stages.{last}.{i}" for i in range(num_blocks[last]))
 
     def _make_stage(self, planes: int, n: int, stride: int) -> nn.Sequential:
         layers = []
@@ -51,11 +61,15 @@ class ResNet(nn.Module):
             self.in_planes = planes
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> the last stage's feature map (B, num_features, H', W')."""
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.stages(out)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out)
+        return self.stages(out)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> global average pool (B, num_features) -> logits (B, num_classes)."""
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return x if pre_logits else self.linear(x)
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .heads import Classifier
+
 CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -15,7 +17,14 @@ CONFIGS: dict[str, list[int | str]] = {
 }
 
 
-class VGG(nn.Module):
+class VGG(Classifier):
+    """``features`` (conv stages) -> global average pooling -> ``classifier``. ``cas_layers``: where
+    CAS attaches by default, the ReLUs of the last conv stage (official CAS placement for VGG-16,
+    ``layer5``)."""
+
+    classifier_attr = "classifier"
+    cas_layers: tuple[str, ...]
+
     def __init__(self, config: str, num_classes: int = 10, in_channels: int = 3,
                  width_div: int = 1) -> None:
         super().__init__()
@@ -30,8 +39,18 @@ class VGG(nn.Module):
                            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
                 cin = cout
         self.features = nn.Sequential(*layers)
+        self.num_features = cin
         self.classifier = nn.Linear(cin, num_classes)
+        pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+        start = pools[-2] if len(pools) > 1 else -1
+        self.cas_layers = tuple(f"features.{i}" for i, m in enumerate(layers)
+                                if i > start and isinstance(m, nn.ReLU))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> the last max-pool's feature map (B, num_features, H', W')."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> global average pool (B, num_features) -> logits (B, num_classes)."""
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return x if pre_logits else self.classifier(x)

@@ -4,8 +4,10 @@ blocks, as used for CIFAR robustness work (e.g. WRN-34-10 in AWP). Inputs (B, C,
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from .heads import Classifier
 
 
 class WideBlock(nn.Module):
@@ -28,7 +30,14 @@ class WideBlock(nn.Module):
         return o + short
 
 
-class WideResNet(nn.Module):
+class WideResNet(Classifier):
+    """Stem, ``blocks`` and the final BN-ReLU -> global average pooling -> ``linear``. ``cas_layers``:
+    where CAS attaches by default, the last block's pre-activation (``act1``) and the final BN-ReLU
+    (``act``), the official CAS placement for WRN."""
+
+    classifier_attr = "linear"
+    cas_layers: tuple[str, ...]
+
     def __init__(self, depth: int = 16, widen: int = 4, num_classes: int = 10,
                  in_channels: int = 3) -> None:
         super().__init__()
@@ -46,9 +55,16 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(cin)
         self.act = nn.ReLU()
+        self.num_features = cin
         self.linear = nn.Linear(cin, num_classes)
+        self.cas_layers = (f"blocks.{len(blocks) - 1}.act1", "act")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> the final BN-ReLU's feature map (B, num_features, H/4, W/4)."""
         o = self.blocks(self.conv1(x))
-        o = self.act(self.bn(o))
-        return self.linear(F.adaptive_avg_pool2d(o, 1).flatten(1))
+        return self.act(self.bn(o))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> global average pool (B, num_features) -> logits (B, num_classes)."""
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return x if pre_logits else self.linear(x)

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from unlearnable.data.datasets import ImageTensors
-from unlearnable.models import create_model
+from unlearnable.errors import UnlearnableError
 from unlearnable.eval.robust import robust_accuracy
+from unlearnable.models import create_model
 from unlearnable.train.adversarial import AdversarialStep
 from unlearnable.train.cas import CAS, CASStep, attach_cas, default_cas_layers
 from unlearnable.train.loop import TrainConfig, train
@@ -36,6 +37,27 @@ def test_default_layers_are_the_official_placement():
     assert names[-1] == f"features.{len(vgg16.features) - 2}"           # just before the last max-pool
     assert default_cas_layers(create_model("wrn16-1")) == ["blocks.5.act1", "act"]
     assert default_cas_layers(create_model("smallcnn")) == ["features"]
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean(dim=(2, 3)))
+
+
+def test_default_layers_are_what_the_model_declares():
+    class Declared(_Tiny):
+        cas_layers = ("body.1",)
+
+    cas = attach_cas(Declared())
+    assert default_cas_layers(Declared()) == ["body.1"] and cas.layers == ["body.1"] and cas[0].fc.in_features == 4
+    with pytest.raises(UnlearnableError, match="cas_layers"):   # no declaration, no guessing
+        attach_cas(_Tiny())
+    assert attach_cas(_Tiny(), layers="body").layers == ["body"]
 
 
 @pytest.mark.parametrize("arch,count", [("smallcnn", 1), ("resnet18-narrow", 2), ("vgg11-narrow", 2),

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,9 +85,36 @@ def test_verify_on_a_path_that_is_not_protected(tmp_path):
     assert r.exit_code == 2 and "protected.json" in r.output.replace("\n", "")
 
 
-def test_verify_photo_folder_needs_an_output_folder(tmp_path):
+def test_verify_names_verify_photos_for_a_photo_folder(tmp_path):
+    (tmp_path / "me").mkdir()
+    (tmp_path / "me" / "a.jpg").write_bytes(b"x")
     r = runner.invoke(app, ["verify", str(tmp_path)])
-    assert r.exit_code == 2 and "--output" in r.output.replace("\n", "")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "not a protect-dataset output" in text and "verify-photos" in text
+    assert not (tmp_path / "verify").exists()                       # nothing written
+    (tmp_path / ".unlearnable").mkdir()
+    (tmp_path / ".unlearnable" / "checkpoint.pt").write_bytes(b"x")      # an interrupted protect-dataset
+    r = runner.invoke(app, ["verify", str(tmp_path)])
+    assert r.exit_code == 2 and "unfinished" in " ".join(r.output.split())
+    r = runner.invoke(app, ["verify-photos", str(tmp_path)])
+    assert r.exit_code == 2 and "--out" in " ".join(r.output.split())
+
+
+def test_global_options_and_clean_errors(tmp_path):
+    from unlearnable import __version__
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.output
+    (tmp_path / "in").mkdir()
+    photo = sorted(Path(__file__).parent.parent.joinpath("samples").glob("*.jpg"))[0]
+    (tmp_path / "in" / photo.name).write_bytes(photo.read_bytes())
+    r = runner.invoke(app, ["protect", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--device", "mps"])
+    assert r.exit_code == 2 and "MPS is not available" in " ".join(r.output.split())
+    assert "Traceback" not in r.output
+    help_text = runner.invoke(app, ["protect", "--help"]).output
+    assert "--keep-gps / --drop-gps" in help_text and "<bool>" not in help_text     # flags, not values
+    for verb in ("protect", "protect-dataset"):                     # one name per idea
+        text = runner.invoke(app, [verb, "--help"]).output
+        assert "--max-rounds" in text and "--steps" in text and "--rounds " not in text
 
 
 def test_train_a_defense_on_noisy_clean_data(cifar_root, tmp_path):

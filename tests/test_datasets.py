@@ -5,11 +5,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, synthetic_images, write_cifar10
 from PIL import Image
 
-from conftest import CLASSES, synthetic_images, write_cifar10
-from unlearnable.data.datasets import (balanced_subset, load_dataset, load_imagefolder,
-                                       resolve_data_root)
+from unlearnable.data.datasets import balanced_subset, load_dataset, load_imagefolder, resolve_data_root
 from unlearnable.errors import DataNotFoundError, UnlearnableError
 
 

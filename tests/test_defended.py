@@ -7,19 +7,18 @@ import json
 from html.parser import HTMLParser
 
 import pytest
+import torch
 from PIL import Image
 
-import torch
-
 import unlearnable.verify.matrix as defended
-from unlearnable.verify.matrix import (MatrixConfig, run_cell, split_validation, summarize_matrix, summarize_run,
-                                  verdict_text, verify_defenses)
-from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.errors import UnlearnableError
 from unlearnable.eval.patterns import PatternConfig
+from unlearnable.eval.summary import summarize_matrix, summarize_run, verdict_text
+from unlearnable.noise.minmin import MinMinConfig
 from unlearnable.protect.dataset import protect_dataset
 from unlearnable.train.defenses import DEFENSES, parse_defenses
 from unlearnable.train.loop import EpochRecord, TrainConfig
-from unlearnable.errors import UnlearnableError
+from unlearnable.verify.matrix import MatrixConfig, run_cell, split_validation, verify_defenses
 
 
 class Collector(HTMLParser):
@@ -65,7 +64,7 @@ def test_every_defense_trains_and_the_report_is_self_contained(protected, tmp_pa
     out = tmp_path / "verify"
     seen = []
     report = verify_defenses(prot, out, small_config(list(DEFENSES)), "cpu", root,
-                             on_cell=lambda key, i, n, reused: seen.append((key, reused)))
+                             on_event=lambda kind, info: kind == "model" and seen.append((info["key"], info["reused"])))
     assert len(report["cells"]) == 2 * len(DEFENSES) and not any(r for _, r in seen)
     # 100 protected images, 10 per class: 1 per class held out for validation, the same for both runs
     assert report["train_images"] == 90 and report["val_images"] == 10
@@ -112,13 +111,13 @@ def test_finished_cells_are_reused_and_changed_settings_are_not(protected, tmp_p
     verify_defenses(prot, out, small_config(["standard", "mixup"]), "cpu", root)
     seen = []
     verify_defenses(prot, out, small_config(["standard", "mixup", "grayscale"]), "cpu", root,
-                    on_cell=lambda key, i, n, reused: seen.append((key, reused)))
+                    on_event=lambda kind, info: kind == "model" and seen.append((info["key"], info["reused"])))
     assert seen == [("smallcnn--standard--clean", True), ("smallcnn--standard--protected", True),
                     ("smallcnn--mixup--clean", True), ("smallcnn--mixup--protected", True),
                     ("smallcnn--grayscale--clean", False), ("smallcnn--grayscale--protected", False)]
     seen.clear()
     verify_defenses(prot, out, small_config(["mixup"], epochs=2), "cpu", root,
-                    on_cell=lambda key, i, n, reused: seen.append((key, reused)))
+                    on_event=lambda kind, info: kind == "model" and seen.append((info["key"], info["reused"])))
     assert [r for _, r in seen] == [False, False]
 
 
@@ -135,7 +134,7 @@ def test_only_finished_reports_without_training(protected, tmp_path):
     verify_defenses(prot, out, small_config(["standard"]), "cpu", root)
     seen = []
     rep = verify_defenses(prot, out, small_config(["standard", "mixup"]), "cpu", root, only_finished=True,
-                          on_cell=lambda key, i, n, reused: seen.append((key, reused)))
+                          on_event=lambda kind, info: kind == "model" and seen.append((info["key"], info["reused"])))
     assert rep["cells_missing"] == ["smallcnn--mixup--clean", "smallcnn--mixup--protected"]
     assert [c["defense"] for c in rep["cells"]] == ["standard", "standard"]
     assert not (out / "cells" / "smallcnn--mixup--clean.json").exists()
@@ -144,6 +143,7 @@ def test_only_finished_reports_without_training(protected, tmp_path):
 
 def test_robust_readout_uses_its_own_settings_not_the_training_attack(monkeypatch):
     from conftest import synthetic_images
+
     from unlearnable.data.datasets import ImageTensors
 
     x, y = synthetic_images(40, 10, seed=0)
@@ -154,16 +154,16 @@ def test_robust_readout_uses_its_own_settings_not_the_training_attack(monkeypatc
                         calls.append((eps, alpha, steps, len(images))) or 0.5)
     cfg = MatrixConfig(archs=["smallcnn"], train=TrainConfig(epochs=1, batch_size=20), at_eps=4 / 255,
                        at_alpha=3 / 255, at_steps=1, robust_eps=8 / 255, robust_alpha=2 / 255, robust_steps=7,
-                       robust_n=30, patterns_for=["none"])
+                       robust_images=30, patterns_for=["none"])
     rec, _, _ = run_cell("smallcnn", "at", "clean", data, data, cfg, torch.device("cpu"), "cifar10")
     assert calls == [(8 / 255, 2 / 255, 7, 30)]
     assert rec["robust_eval"]["label"] == "PGD-7 (L∞ ε 8/255, step 2/255, random start) on 30 clean test images"
-    assert MatrixConfig(robust_images=5).robust_n == 5      # the old keyword still works
 
 
 def test_cas_cells_are_read_out_with_the_adaptive_objective(monkeypatch):
     """Plain-CE PGD is not an adaptive attack on CAS: its cells are attacked with CE + β·aux CE."""
     from conftest import synthetic_images
+
     from unlearnable.data.datasets import ImageTensors
 
     x, y = synthetic_images(40, 10, seed=0)
@@ -175,7 +175,7 @@ def test_cas_cells_are_read_out_with_the_adaptive_objective(monkeypatch):
         return 0.5
 
     monkeypatch.setattr(defended, "robust_accuracy", fake)
-    cfg = MatrixConfig(archs=["smallcnn"], train=TrainConfig(epochs=1, batch_size=20), at_steps=1, robust_n=10,
+    cfg = MatrixConfig(archs=["smallcnn"], train=TrainConfig(epochs=1, batch_size=20), at_steps=1, robust_images=10,
                        patterns_for=["none"])
     cas, _, _ = run_cell("smallcnn", "cas", "clean", data, data, cfg, torch.device("cpu"), "cifar10")
     at, _, _ = run_cell("smallcnn", "at", "clean", data, data, cfg, torch.device("cpu"), "cifar10")
@@ -271,7 +271,7 @@ def test_readme_and_results_state_the_robust_readout_that_runs():
     for f in (root / "benchmarks" / "results").glob("defenses-*.json"):
         r = json.loads(f.read_text()).get("robust_eval")
         if isinstance(r, dict):
-            assert r["label"] == robust_label(MatrixConfig(robust_n=r["images"], robust_eps=r["eps"],
+            assert r["label"] == robust_label(MatrixConfig(robust_images=r["images"], robust_eps=r["eps"],
                                                            robust_alpha=r["alpha"], robust_steps=r["steps"])), f
 
 
@@ -285,6 +285,26 @@ def test_clean_cells_before_the_protection_are_reused_by_the_matrix(protected, t
     assert [(r["defense"], r["train_images"], r["val_images"]) for r in recs] == [("mixup", 90, 10)]
     seen = []
     verify_defenses(prot, out, small_config(["standard", "mixup"]), "cpu", root,
-                    on_cell=lambda key, i, n, reused: seen.append((key, reused)))
+                    on_event=lambda kind, info: kind == "model" and seen.append((info["key"], info["reused"])))
     assert seen == [("smallcnn--standard--clean", False), ("smallcnn--standard--protected", False),
                     ("smallcnn--mixup--clean", True), ("smallcnn--mixup--protected", False)]
+
+
+def test_verify_squashes_clean_images_of_a_mixed_size_imagefolder_to_the_working_size(tmp_path):
+    """A mixed-size ImageFolder is protected at a working size; verify must load the clean train
+    and test images at that size too (it used to fail: the images do not share one size)."""
+    from test_protect_dataset import make_tree
+
+    from unlearnable.noise.minmin import MinMinConfig
+    from unlearnable.protect.dataset import protect_dataset
+
+    data = tmp_path / "mydata"
+    make_tree(data / "train", sizes={"cat/a.png": (40, 24), "dog/w.png": (9, 30)})
+    make_tree(data / "test", sizes={"cat/b.jpg": (20, 33)})
+    prot = tmp_path / "prot"
+    protect_dataset(str(data), prot, MinMinConfig(max_rounds=1, steps=1, train_steps=1, batch_size=8),
+                    arch="smallcnn", device="cpu", work_size=12)
+    cfg = MatrixConfig(archs=["smallcnn"], defenses=["standard"], train=TrainConfig(epochs=1, batch_size=8),
+                       patterns_for=["none"], robust_images=0, val_share=0)
+    report = verify_defenses(prot, tmp_path / "verify", cfg, "cpu")
+    assert report["test_images"] == 8 and report["summary"][0]["protected"]["chosen_test_acc"] is not None

@@ -28,9 +28,9 @@ from unlearnable.data.datasets import ImageTensors, balanced_subset, load_datase
 from unlearnable.data.label_noise import symmetric_noise
 from unlearnable.data.protected import load_protected
 from unlearnable.errors import DataNotFoundError
+from unlearnable.eval.robust import robust_accuracy
 from unlearnable.noise.minmin import MinMinConfig
 from unlearnable.protect.dataset import protect_dataset
-from unlearnable.eval.robust import robust_accuracy
 from unlearnable.train.defenses import DefenseContext, build_step
 from unlearnable.train.loop import TrainConfig, build_model, prepare_batch, train
 

@@ -5,16 +5,15 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_images
 
+from unlearnable.attacks.pgd import PGD
 from unlearnable.data.datasets import ImageTensors
 from unlearnable.errors import UnlearnableError
 from unlearnable.noise.budget import apply_noise_uint8, epsilon_levels, linf_levels, parse_epsilon
 from unlearnable.noise.minmin import MinMinConfig, error_minimizing_noise
 from unlearnable.noise.problems import stratified_subset
-from unlearnable.attacks.pgd import PGD
 from unlearnable.train.loop import TrainConfig, build_model, train
-
-from conftest import synthetic_images
 
 
 def _tiny_data(n=120, k=4, size=16) -> ImageTensors:

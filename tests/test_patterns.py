@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from unlearnable.eval.patterns import (PatternConfig, classwise_patterns, noise_predictive_power, predictive_power,
-                                  top_k_support)
+                                       top_k_support)
 
 
 class CornerModel(nn.Module):

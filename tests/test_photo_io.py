@@ -1,4 +1,5 @@
-"""unlearnable.data.photos.io: discovery, faithful read/write and one-line errors for bad photo files."""
+"""unlearnable.data.photos (files, decode, metadata, encode) and unlearnable.data.storage: discovery,
+faithful read/write, one-line errors for bad photo files, atomic writes and hashes."""
 from __future__ import annotations
 
 import hashlib
@@ -9,18 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin
 
+from unlearnable.data import storage
+from unlearnable.data.photos.decode import read_photo, read_preview
+from unlearnable.data.photos.encode import write_photo
+from unlearnable.data.photos.files import UsageError, discover
+from unlearnable.data.photos.photo import PHOTO_EXTENSIONS, Photo, PhotoError
+from unlearnable.data.storage import sha256_file
 from unlearnable.errors import UnlearnableError
-from unlearnable.data.photos.io import (
-    PHOTO_EXTENSIONS,
-    Photo,
-    PhotoError,
-    UsageError,
-    discover,
-    read_photo,
-    read_preview,
-    sha256_file,
-    write_photo,
-)
 
 EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 
@@ -544,24 +540,22 @@ def test_write_refuses_to_replace_what_the_caller_does_not_own(tmp_path: Path) -
 
 
 def test_temp_names_are_unique_and_match_the_cleanup_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from unlearnable.photos import io as pio
-
     names = set()
     for _ in range(20):
-        fd, tmp = pio._create_temp(tmp_path / "manifest.json")
+        fd, tmp = storage._create_temp(tmp_path / "manifest.json")
         os.close(fd)
         names.add(Path(tmp).name)
-        assert pio.TEMP_PATTERN.fullmatch(Path(tmp).name)
+        assert storage.TEMP_PATTERN.fullmatch(Path(tmp).name)
     assert len(names) == 20
-    assert not pio.TEMP_PATTERN.fullmatch("notes.tmp") and not pio.TEMP_PATTERN.fullmatch(".a.jpg.1234abcd.tmp")
+    assert not storage.TEMP_PATTERN.fullmatch("notes.tmp") and not storage.TEMP_PATTERN.fullmatch(".a.jpg.1234abcd.tmp")
 
     def no_space(fd):  # delayed allocation / network file systems report a full disk at fsync
         raise OSError(28, "No space left on device")
 
     before = set(os.listdir(tmp_path))
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(pio.OutputError, match="No space left"):
-        pio.write_bytes_atomic(tmp_path / "state.json", b"{}" * 100)
+    with pytest.raises(storage.OutputError, match="No space left"):
+        storage.write_atomic(tmp_path / "state.json", b"{}" * 100)
     assert set(os.listdir(tmp_path)) == before  # the temp file was removed
 
 
@@ -597,3 +591,115 @@ def test_discover_reports_unreadable_folders_and_lists_gifs_on_request(tmp_path:
         read_photo(photos[1].path)
     photos, skipped = discover([root], tmp_path / "out")  # default: as before (verify relies on it)
     assert [str(p.rel) for p in photos] == ["a.jpg"] and len(skipped) == 2
+
+
+# ---------------------------------------------------------------------------------------------- one read
+
+
+def _formats_zoo(folder: Path) -> list[Path]:
+    """One file per decoding path: EXIF-rotated JPEG with GPS, 16-bit PNG, RGBA PNG, palette PNG,
+    lossless and lossy WebP, TIFF, BMP, CMYK JPEG with no profile."""
+    rgba = np.concatenate([noisy(), noisy(c=1)[:, :, None]], axis=2)
+    return [
+        save(Image.fromarray(smooth()), folder / "rot.jpg", exif=gps_exif(6).tobytes(), quality=90),
+        save(Image.fromarray(noisy(c=1).astype(np.uint16) * 257), folder / "g16.png"),
+        save(Image.fromarray(rgba, "RGBA"), folder / "rgba.png", icc_profile=SRGB_ICC),
+        save(Image.fromarray(noisy()).convert("P"), folder / "pal.png"),
+        save(Image.fromarray(noisy()), folder / "ll.webp", lossless=True),
+        save(Image.fromarray(smooth()), folder / "lossy.webp", quality=80),
+        save(Image.fromarray(noisy()), folder / "t.tif", compression="tiff_deflate"),
+        save(Image.fromarray(noisy()), folder / "b.bmp"),
+        save(Image.new("CMYK", (40, 30), (10, 200, 30, 0)), folder / "cmyk.jpg"),
+    ]
+
+
+def test_decoding_bytes_in_memory_matches_decoding_the_file(tmp_path: Path) -> None:
+    for path in _formats_zoo(tmp_path):
+        data = path.read_bytes()
+        a, b = read_photo(path), read_photo(path, data=data)
+        assert np.array_equal(a.pixels, b.pixels) and a.pixels.dtype == b.pixels.dtype, path.name
+        assert (a.alpha is None) == (b.alpha is None) and (a.alpha is None or np.array_equal(a.alpha, b.alpha))
+        assert (a.format, a.source_mode, a.info, a.notes) == (b.format, b.source_mode, b.info, b.notes), path.name
+        assert np.array_equal(read_preview(path, 16), read_preview(path, 16, data=data)), path.name
+    assert read_photo(tmp_path / "rot.jpg", data=(tmp_path / "rot.jpg").read_bytes()).size == (48, 64)  # upright
+    with pytest.raises(PhotoError, match="empty file") as info:
+        read_photo(tmp_path / "gone.jpg", data=b"")
+    assert info.value.path == tmp_path / "gone.jpg"
+
+
+def test_read_hashed_keeps_the_bytes_only_up_to_the_limit(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).bytes((3 << 20) + 5)
+    (tmp_path / "blob").write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    assert storage.read_hashed(tmp_path / "blob") == (want, len(data), data)
+    assert storage.read_hashed(tmp_path / "blob", keep_up_to=1 << 20) == (want, len(data), None)
+    assert storage.sha256_bytes(data) == want == sha256_file(tmp_path / "blob")
+    with pytest.raises(OSError):
+        storage.read_hashed(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------- storage
+
+
+def test_write_atomic_reads_back_and_refuses_bytes_the_disk_changed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.json"
+    storage.write_atomic(path, b'{"v": 1}')
+    real_fsync = os.fsync
+
+    def flipping_fsync(fd):  # a disk that silently stores other bytes than it was given
+        os.pwrite(fd, b"X", 0)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flipping_fsync)
+    with pytest.raises(storage.OutputError, match="read back differ"):
+        storage.write_atomic(path, b'{"v": 2}')
+    assert path.read_bytes() == b'{"v": 1}' and os.listdir(tmp_path) == ["state.json"]
+    storage.write_atomic(path, b'{"v": 3}', verify=False)  # not read back: the damage goes unseen
+    assert path.read_bytes() == b'X"v": 3}'
+
+
+def test_write_atomic_streams_a_callable_through_a_unique_temp_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    made = []
+    real = storage._create_temp
+    monkeypatch.setattr(storage, "_create_temp", lambda p: made.append(real(p)) or made[-1])
+    storage.write_atomic(path, lambda f: f.write(b"round 1"), verify=False)
+    storage.write_atomic(path, lambda f: f.write(b"round 2"), verify=False)
+    names = [Path(tmp).name for _, tmp in made]
+    assert len(set(names)) == 2 and all(storage.TEMP_PATTERN.fullmatch(n) for n in names)
+    assert path.read_bytes() == b"round 2"
+
+    def dies(f):
+        f.write(b"half a checkpo")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(storage.OutputError, match="No space left"):
+        storage.write_atomic(path, dies, verify=False)
+    assert path.read_bytes() == b"round 2" and os.listdir(tmp_path) == ["checkpoint.pt"]
+    with pytest.raises(ValueError, match="verify=False"):
+        storage.write_atomic(path, lambda f: f.write(b"x"))
+
+
+def test_engine_checkpoint_save_leaves_the_previous_one_on_a_full_disk(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from unlearnable.noise.minmin import _atomic_save
+
+    path = tmp_path / "checkpoint.pt"
+    _atomic_save({"round": torch.tensor(1)}, path)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(storage.OutputError, match="checkpoint.pt: No space left"):
+        _atomic_save({"round": torch.tensor(2)}, path)
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp file left, fixed-name or not
+    assert int(torch.load(path, weights_only=True)["round"]) == 1
+
+
+def test_settings_sha256_ignores_key_order_only() -> None:
+    a = storage.settings_sha256({"eps": 8, "mode": "classwise", "nested": {"x": 1, "y": [1, 2]}}).hexdigest()
+    b = storage.settings_sha256({"nested": {"y": [1, 2], "x": 1}, "mode": "classwise", "eps": 8}).hexdigest()
+    c = storage.settings_sha256({"eps": 8, "mode": "samplewise", "nested": {"x": 1, "y": [1, 2]}}).hexdigest()
+    assert a == b != c and len(a) == 64
+    assert storage.settings_sha256({"path": Path("/x")}).hexdigest() == storage.settings_sha256({"path": "/x"}).hexdigest()

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from unlearnable.data.datasets import ImageTensors
-from unlearnable.models import create_model
-from unlearnable.noise.upsample import apply_noise, bilinear_matrix, upsample_noise
 from unlearnable.data.pseudo_labels import kmeans, pseudo_labels
-from unlearnable.noise.views import ViewConfig, scraper_pipeline, scraper_view
+from unlearnable.models import add_classes, create_model
 from unlearnable.noise.minmin import MinMinConfig
-from unlearnable.noise.problems import expand_head, photo_noise
+from unlearnable.noise.problems import photo_noise
+from unlearnable.noise.upsample import apply_noise, bilinear_matrix, upsample_noise
+from unlearnable.noise.views import ViewConfig, scraper_pipeline, scraper_view
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -67,10 +67,10 @@ def test_scraper_pipeline_resizes_and_recompresses():
     assert not np.array_equal(small, scraper_pipeline(rgb, 32, None))
 
 
-def test_expand_head_keeps_old_classes():
+def test_add_classes_keeps_old_classes():
     torch.manual_seed(0)
     m = create_model("smallcnn", num_classes=10).eval()
-    m2 = expand_head(m, 2).eval()
+    m2 = add_classes(m, 2).eval()
     x = torch.rand(3, 3, 32, 32)
     out, out2 = m(x), m2(x)
     assert out2.shape == (3, 12)
@@ -118,7 +118,7 @@ def test_photo_noise_lowers_the_loss(mode, monkeypatch):
     photos (two classes) during the search; on the same random scraper views, the fine-tuned model's
     loss with the found noise must be strictly lower than with no noise."""
     import unlearnable.noise.problems as search
-    from unlearnable.data.photos.io import read_preview
+    from unlearnable.data.photos.decode import read_preview
     from unlearnable.train.surrogate import load_reference, load_surrogate
 
     surrogate, _ = load_surrogate()
@@ -127,8 +127,8 @@ def test_photo_noise_lowers_the_loss(mode, monkeypatch):
     photos = torch.from_numpy(np.stack([read_preview(p, 64) for p in files])).permute(0, 3, 1, 2).contiguous()
     labels = torch.arange(len(files)) % 2
     made = []  # the search's own model (a fine-tuned copy with two new classes), kept to measure it
-    real_expand = search.expand_head
-    monkeypatch.setattr(search, "expand_head", lambda m, extra: made.append(real_expand(m, extra)) or made[-1])
+    real_add = search.add_classes
+    monkeypatch.setattr(search, "add_classes", lambda m, extra: made.append(real_add(m, extra)) or made[-1])
     cfg = MinMinConfig.for_photos(mode=mode, max_rounds=2, min_rounds=2, steps=3, train_steps=3)
     delta, _ = photo_noise(photos, labels, 2, surrogate, reference, cfg)
     model = made[0].eval()
@@ -147,7 +147,7 @@ def test_classwise_photo_step_is_the_mean_of_per_photo_steps():
     cfg = MinMinConfig.for_photos(mode="classwise", max_rounds=1, min_rounds=1, steps=1, train_steps=0)
     delta, _ = photo_noise(photos, labels, 1, surrogate, ref, cfg)
     # recompute the one PGD step: same model, same seeded views (the search's first use of its generator)
-    model = expand_head(surrogate, 1).eval()
+    model = add_classes(surrogate, 1).eval()
     d = torch.zeros(4, 3, 64, 64, requires_grad=True)
     view = ViewConfig(out_size=32)
     loss = F.cross_entropy(model(scraper_view((photos.float() / 255 + d).clamp(0, 1), view,

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import unlearnable.protect.dataset as protect_mod
 from unlearnable.cli.main import app
 from unlearnable.data.datasets import load_dataset
+from unlearnable.data.photos.photo import PhotoError
 from unlearnable.data.protected import load_protected
 from unlearnable.noise.minmin import MinMinConfig
-from unlearnable.data.photos.io import PhotoError
 from unlearnable.protect.dataset import WriteFailures, protect_dataset
 
 FAST = MinMinConfig(max_rounds=2, steps=2, train_steps=2, batch_size=8)
@@ -203,7 +203,7 @@ def test_a_capped_run_is_extended_by_a_higher_round_cap(tmp_path):
     assert first["rounds"] == 1 and not first["converged"]
     rounds_run = []
     extended = protect_dataset(str(data), out, three, arch="smallcnn", device="cpu",
-                               on_round=lambda log: rounds_run.append(log.round))
+                               on_event=lambda kind, info: kind == "round" and rounds_run.append(info["round"]))
     assert rounds_run == [2, 3]                       # round 1 was not redone
     assert extended["rounds"] == 3
     protect_dataset(str(data), whole, three, arch="smallcnn", device="cpu")
@@ -217,9 +217,9 @@ def test_json_reports_are_written_checked_and_never_left_half_written(tmp_path, 
     import errno
     import os
 
-    import unlearnable.data.photos.io as pio
+    import unlearnable.data.storage as pio
     from unlearnable.data.protected import write_json_atomic
-    from unlearnable.data.photos.io import OutputError
+    from unlearnable.data.storage import OutputError
 
     path = tmp_path / "report.json"
     write_json_atomic({"v": 1}, path)

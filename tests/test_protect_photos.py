@@ -9,11 +9,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from unlearnable.cli.main import app
-from unlearnable.protect.photos import PhotoProtectConfig, protect_photos
 from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.protect.photos import PhotoProtectConfig, protect_photos
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-FAST = ["--rounds", "1", "--pgd-steps", "2", "--workers", "1"]
+FAST = ["--max-rounds", "1", "--steps", "2", "--workers", "1"]
 runner = CliRunner()
 
 
@@ -87,7 +87,7 @@ def test_interrupted_run_resumes_where_it_stopped(album, tmp_path):
     out = tmp_path / "out"
 
     def stop_after_two(kind, info):
-        if kind == "photo" and info["done"] == 2:
+        if kind == "progress" and info["phase"] == "writing photos" and info["done"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from unlearnable.cli.main import app
 from unlearnable.errors import UnlearnableError
-from unlearnable.verify.photos import photo_verdict, split_holdout
+from unlearnable.eval.summary import photo_verdict
+from unlearnable.verify.photos import split_holdout
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -34,7 +35,7 @@ def test_verify_photo_folder_cli(cifar_root, tmp_path):
             im.convert("RGB").resize((60 + i, 50)).save(folder / "me" / f"p{i}.jpg", quality=90)
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.jpg")}
     out = tmp_path / "v"
-    r = CliRunner().invoke(app, ["verify", str(folder), "-o", str(out), "--data-root", str(cifar_root),
+    r = CliRunner().invoke(app, ["verify-photos", str(folder), "-o", str(out), "--data-root", str(cifar_root),
                                  "--reference-per-class", "10", "--exclude-class", "cat", "--epochs", "1",
                                  "--arch", "smallcnn", "--batch-size", "32"])
     assert r.exit_code == 0, r.output
@@ -63,7 +64,7 @@ def test_missing_reference_fails_before_anything_is_written(tmp_path):
     for i in range(3):
         Image.new("RGB", (40, 30), (10 * i, 80, 120)).save(folder / "me" / f"p{i}.jpg")
     out = tmp_path / "v"
-    r = CliRunner().invoke(app, ["verify", str(folder), "-o", str(out), "--data-root", str(tmp_path / "empty"),
+    r = CliRunner().invoke(app, ["verify-photos", str(folder), "-o", str(out), "--data-root", str(tmp_path / "empty"),
                                  "--epochs", "1"])
     assert r.exit_code == 2, r.output
     assert "not found" in r.output and "Traceback" not in r.output

@@ -48,7 +48,17 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         except RuntimeError as e:
             raise UnlearnableError(f"unknown device {spec!r}: {e}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UnlearnableError("--device cuda was asked for but no CUDA GPU is available")
+            raise UnlearnableError(f"device {spec!r} was asked for but no CUDA GPU is available "
+                                   "(use --device auto or cpu)")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UnlearnableError(f"device {spec!r} was asked for but only {torch.cuda.device_count()} "
+                                   "CUDA GPU(s) are visible")
+        mps = getattr(torch.backends, "mps", None)
+        if dev.type == "mps" and not (mps is not None and mps.is_available()):
+            raise UnlearnableError(f"device {spec!r} was asked for but Apple's MPS is not available on this "
+                                   "machine (it needs macOS on Apple silicon; use --device auto or cpu)")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise UnlearnableError(f"device {spec!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cpu":
         tune_cpu_allocator()
     return dev

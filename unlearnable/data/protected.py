@@ -53,9 +53,9 @@ def class_dir_name(k: int, name: str) -> str:
 def write_json_atomic(obj: dict, path: Path) -> None:
     """Write ``obj`` as JSON through the one checked atomic writer (unique temp file, fsync, read
     back, rename; the temp removed on failure). Raises ``OutputError`` with one line naming ``path``."""
-    from .photos.io import write_bytes_atomic   # photos.io holds the writer until the I/O split (issue 11)
+    from .storage import write_atomic
 
-    write_bytes_atomic(Path(path), json.dumps(obj, indent=2).encode())
+    write_atomic(Path(path), json.dumps(obj, indent=2).encode())
 
 
 def indexed_file(class_dir: str, index: int, width: int) -> str:

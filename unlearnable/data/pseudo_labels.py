@@ -18,10 +18,9 @@ from .augment import to_float
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: torch.Tensor, input_size: int = 32,
                          batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised inputs of ``model``'s last ``nn.Linear`` for uint8 images (N, C, S, S) -> (N, D)."""
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    """L2-normalised pooled features (``model.forward_head(model.forward_features(x), pre_logits=True)``,
+    the classifier's input) for uint8 images (N, C, S, S) -> (N, D)."""
     feats: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().float()))
     device = next(model.parameters()).device
     was = model.training
     model.eval()
@@ -30,9 +29,8 @@ def penultimate_features(model: nn.Module, images: torch.Tensor, input_size: int
             x = to_float(images[s:s + batch_size].to(device))
             if x.shape[-1] != input_size:
                 x = F.interpolate(x, size=(input_size, input_size), mode="area")
-            model(x)
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).detach().float())
     finally:
-        hook.remove()
         model.train(was)
     return F.normalize(torch.cat(feats).cpu(), dim=1)
 

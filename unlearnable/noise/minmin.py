@@ -61,8 +61,6 @@ that hit its cap continues from its checkpoint when rerun with a higher cap or s
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -75,6 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.pgd import PGD
+from ..data.storage import settings_sha256, write_atomic
 from ..errors import UnlearnableError
 from ..train.loop import StandardStep
 
@@ -221,7 +220,7 @@ CHECKPOINT_FORMAT = "unlearnable-minmin-checkpoint/2"
 
 def _fingerprint(cfg: MinMinConfig, problem: Problem, model: nn.Module) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k not in _STOPPING}
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h = settings_sha256(settings)
     problem.fingerprint(h)
     h.update(type(model).__name__.encode())
     h.update(str(sum(p.numel() for p in model.parameters())).encode())
@@ -229,19 +228,10 @@ def _fingerprint(cfg: MinMinConfig, problem: Problem, model: nn.Module) -> str:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    """Write ``obj`` to ``path`` through a flushed and fsynced temp file and a rename, so a crash or
-    a full disk leaves the previous checkpoint (never a truncated one); the temp file has a fixed
-    name, so a leftover from a killed run is overwritten by the next save."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` streamed through the one atomic writer (``data.storage.write_atomic``: unique
+    temp file, fsync, rename), so a crash or a full disk leaves the previous checkpoint, never a
+    truncated one. Not read back (``verify=False``): it is large, and validated when loaded."""
+    write_atomic(path, lambda f: torch.save(obj, f), verify=False)
 
 
 def check_tensor(value: object, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:

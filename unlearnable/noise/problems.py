@@ -35,7 +35,6 @@ took 18 rounds to 100 % (view loss 0.047 vs 0.049), mean |δ| 5.7 vs 5.1/255.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Callable
 
@@ -45,6 +44,7 @@ from torch import nn
 
 from ..data.augment import random_crop_flip, to_float
 from ..data.datasets import ImageTensors
+from ..models import add_classes
 from ..train.loop import evaluate, prepare_batch
 from .minmin import MinMinConfig, RoundLog, check_tensor, minmin
 from .views import ViewConfig, scraper_view
@@ -235,24 +235,6 @@ class ReferenceBankProblem:
             raise ValueError("not a photo search's state")
 
 
-def expand_head(model: nn.Module, extra: int) -> nn.Module:
-    """A copy of ``model`` whose last ``nn.Linear`` has ``extra`` more outputs (new rows start at the
-    mean of the old rows, biases at the mean bias, so the new classes begin as 'average')."""
-    model = copy.deepcopy(model)
-    name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    new = nn.Linear(head.in_features, head.out_features + extra, bias=head.bias is not None)
-    new = new.to(head.weight.device)
-    with torch.no_grad():
-        new.weight[: head.out_features] = head.weight
-        new.weight[head.out_features:] = head.weight.mean(0, keepdim=True)
-        if head.bias is not None:
-            new.bias[: head.out_features] = head.bias
-            new.bias[head.out_features:] = head.bias.mean()
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    setattr(parent, name.rsplit(".", 1)[-1], new)
-    return model
-
-
 def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: int, surrogate: nn.Module,
                 reference: ImageTensors, config: MinMinConfig | None = None,
                 on_round: Callable[[RoundLog], None] | None = None,
@@ -266,7 +248,7 @@ def photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: i
     and the round log."""
     cfg = config or MinMinConfig.for_photos()
     device = next(surrogate.parameters()).device
-    model = expand_head(surrogate, num_photo_classes).train()
+    model = add_classes(surrogate, num_photo_classes).train()
     problem = ReferenceBankProblem(photos, labels, num_photo_classes, reference, device, view, reference_batch,
                                    photo_batch)
     res = minmin(model, problem, cfg, on_round=on_round, on_progress=on_progress)

@@ -6,7 +6,7 @@ Built-in datasets (no file names) become ``OUT/train/<class>/<index>.png``. An I
 its tree: every training image is written back under ``OUT/train/`` with its relative path, name
 and format (PNG stays PNG; JPEG stays JPEG at ``quality`` 95 with 4:4:4 chroma; WebP, BMP and TIFF
 as themselves; alpha, ICC profile and EXIF kept, EXIF orientation applied to the pixels), through
-``photos.io.write_photo``. Every written file is decoded again and compared with its original at
+``photos.encode.write_photo``. Every written file is decoded again and compared with its original at
 full size: the largest change in /255 levels and the PSNR are recorded per file and overall. For
 lossless formats the change is within the budget ⌊255 ε⌋ (checked); for JPEG it is larger, because
 the encoder adds its own error on top of the noise: that larger figure is what a scraper gets.
@@ -29,7 +29,6 @@ and first removes temp files a killed run left. Originals are only ever opened f
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -46,17 +45,22 @@ import torch
 
 from .. import __version__
 from ..data.datasets import (ImageTensors, balanced_subset, image_file_size, imagefolder_root, load_dataset,
-                            load_imagefolder, resolve_data_root, scan_imagefolder)
+                             load_imagefolder, resolve_data_root, scan_imagefolder)
+from ..data.photos.decode import read_photo
+from ..data.photos.encode import write_photo
+from ..data.photos.files import UsageError
+from ..data.photos.outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
+from ..data.photos.photo import Photo, PhotoError
 from ..data.protected import (FORMAT, IMAGES_DIR, LAYOUT_IMAGEFOLDER, LAYOUT_INDEXED, MANIFEST, class_dirs,
-                             indexed_file, read_manifest)
+                              indexed_file, read_manifest)
+from ..data.storage import OutputError, sha256_bytes, write_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
 from ..eval.quality import psnr
+from ..events import Event, emitter
 from ..noise.budget import apply_noise_uint8, epsilon_levels, linf_levels
-from ..noise.minmin import MinMinConfig, RoundLog, error_minimizing_noise
+from ..noise.minmin import MinMinConfig, error_minimizing_noise
 from ..noise.upsample import apply_noise
-from ..data.photos.io import OutputError, Photo, PhotoError, UsageError, read_photo, write_bytes_atomic, write_photo
-from ..data.photos.outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
 from ..train.loop import build_model
 
 CHECKPOINT = f"{STATE_DIR}/checkpoint.pt"
@@ -92,19 +96,24 @@ class _Plan:
 def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConfig | None = None,
                     arch: str = "resnet18", subset: int | None = None,
                     data_root: str | os.PathLike | None = None, device: str = "auto",
-                    on_round: Callable[[RoundLog], None] | None = None,
-                    on_progress: Callable[[str, int, int], None] | None = None,
+                    on_event: Event | None = None,
                     work_size: int | None = None, quality: int = 95, workers: int = 2) -> dict:
     """Protect the training split of ``dataset`` (a built-in name or an ImageFolder path), or a
     balanced ``subset`` of it, into ``out_dir``; resumable (rerun with the same arguments). ImageFolder
     only: ``work_size`` (pixels; None = the images' own size when they all share one, else 64) and
-    ``quality`` (1..100, JPEG/lossy WebP outputs). ``on_progress(phase, done, total)`` reports the
-    engine's phases and 'write'. Returns the manifest.
+    ``quality`` (1..100, JPEG/lossy WebP outputs). ``on_event`` (``unlearnable.events``) reports each
+    'round' and the 'progress' of the engine's phases ('train', 'search') and of 'writing images'.
+    Returns the manifest.
 
     Raises :class:`UsageError` (nothing written: OUT overlaps the dataset, holds files this tool did
     not write, is locked by another run), :class:`WriteFailures` (some images failed; no manifest) or
     :class:`OutputError` (the manifest or noise file cannot be written)."""
     cfg = config or MinMinConfig()
+    emit = emitter(on_event)
+
+    def progress(phase: str, done: int, total: int) -> None:
+        emit("progress", {"phase": phase, "done": done, "total": total})
+
     if not 1 <= int(quality) <= 100:
         raise UnlearnableError(f"quality must be in 1..100, got {quality}")
     if work_size is not None and work_size < 1:
@@ -150,7 +159,8 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
         surrogate = build_model(arch, train.num_classes, train.images.shape[1], cfg.seed, dev)
         t0 = time.perf_counter()
         ckpt = state_dir(out) / Path(CHECKPOINT).name
-        result = error_minimizing_noise(surrogate, train, cfg, ckpt, on_round, on_progress)
+        result = error_minimizing_noise(surrogate, train, cfg, ckpt, on_round=lambda r: emit("round", asdict(r)),
+                                        on_progress=progress)
         delta = result.delta
         if not bool(torch.isfinite(delta).all()) or float(delta.abs().max()) > cfg.eps + 1e-6:
             raise UnlearnableError(f"the noise (from {ckpt}) is outside the budget ε = {cfg.eps * 255:.3g}/255: "
@@ -163,7 +173,7 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
             raise AssertionError(f"budget violated after rounding: {levels} > {budget} levels")
         done = _reusable(out, plan.rels, settings, delta)
         entries, failures = _write_images(out, plan, protected, per_sample, budget, done, journal, quality,
-                                          workers, on_progress)
+                                          workers, progress)
         if failures:
             raise WriteFailures(failures)
         written = _summary(entries)
@@ -255,7 +265,7 @@ def _reusable(out: Path, rels: list[str], settings: dict, delta: torch.Tensor) -
     """Images already written by an interrupted run of the same settings with the same noise (their
     hash is checked by the caller's journal); recorded in ``OUT/.unlearnable/dataset-run.json`` before
     any image is written, so images of a run with other noise are rewritten, never reused."""
-    noise = hashlib.sha256(delta.cpu().numpy().tobytes()).hexdigest()
+    noise = sha256_bytes(delta.cpu().numpy().tobytes())
     path = state_dir(out) / RUN_STATE
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
@@ -263,7 +273,7 @@ def _reusable(out: Path, rels: list[str], settings: dict, delta: torch.Tensor) -
         previous = {}
     same = isinstance(previous, dict) and previous.get("noise_sha256") == noise and previous.get("settings") == settings
     if not same:
-        write_bytes_atomic(path, json.dumps({"settings": settings, "noise_sha256": noise}).encode())
+        write_atomic(path, json.dumps({"settings": settings, "noise_sha256": noise}).encode())
     return {r for r in rels if os.path.lexists(out / r)} if same else set()
 
 
@@ -329,7 +339,7 @@ def _write_images(out: Path, plan: _Plan, protected: torch.Tensor, per_sample: t
             for r in pool.map(safe, range(start, min(n, start + _BATCH))):
                 (failures.append(r) if isinstance(r, tuple) else entries.append(r))
             if on_progress:
-                on_progress("write", min(n, start + _BATCH), n)
+                on_progress("writing images", min(n, start + _BATCH), n)
     return entries, failures
 
 
@@ -375,8 +385,8 @@ def _npy(array: np.ndarray) -> bytes:
 
 def _save_owned(out: Path, rel: str, data: bytes, journal: Journal) -> None:
     """Journal then atomically write one of the run's own files (never over a file we did not write)."""
-    journal.remember(rel, hashlib.sha256(data).hexdigest())
-    write_bytes_atomic(out / rel, data, may_replace=journal.owns)
+    journal.remember(rel, sha256_bytes(data))
+    write_atomic(out / rel, data, may_replace=journal.owns)
 
 
 __all__ = ["CHECKPOINT", "MIXED_WORK_SIZE", "OutputError", "UsageError", "WriteFailures", "protect_dataset"]

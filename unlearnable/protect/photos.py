@@ -3,8 +3,9 @@
 Three phases, each resumable:
 
 1. *Previews*: every photo's sha256 is recorded; the photos that need a search (or, with
-   ``--label-free``, a cluster) are decoded once at reduced scale and squashed to ``work_size`` ×
-   ``work_size``. Unreadable files get one error line and are left out.
+   ``--label-free``, a cluster) are decoded once at reduced scale, from the very bytes that were
+   hashed, and squashed to ``work_size`` × ``work_size``. Unreadable files get one error line and are
+   left out.
 2. *Search*: ``photo_noise`` against the embedded (or a given) surrogate and reference bank. The
    patterns are saved to ``OUT/.unlearnable/search.pt`` with the hashes and classes they were
    searched for, so a crash in phase 3 does not redo it, and *a class keeps one pattern*: a photo
@@ -12,13 +13,22 @@ Three phases, each resumable:
    "class-reused"`` in its manifest entry); only classes without a stored pattern (and, sample-wise,
    photos without one) are searched. Everything loaded is validated, the ε budget included
    (‖δ‖∞ ≤ ε); a damaged, foreign or over-budget state is reported and searched again.
-3. *Outputs*: each photo is decoded at full size, δ is upsampled onto it (``apply_noise``), and it is
-   written in the source format by ``write_photo``, which decodes the written file again before
-   renaming it into place. That decode is what a scraper gets, so the manifest's ``max_change_levels``,
-   ``psnr`` and ``ssim`` describe the written file (for JPEG the change exceeds ε: compression adds to
-   the noise), next to the budget ``eps`` and the change the noise itself made (``noise_max_levels``).
-   ``OUT/manifest.json`` is rewritten atomically after every photo; on a rerun, photos whose recorded
+3. *Outputs*: each photo is decoded at full size from the bytes it is hashed from (its hash must still
+   be the one of phase 1), δ is upsampled onto it (``apply_noise``), and it is written in the source
+   format by ``write_photo``, which decodes the written file again before renaming it into place.
+   That decode is what a scraper gets, so the manifest's ``max_change_levels``, ``psnr`` and ``ssim``
+   describe the written file (for JPEG the change exceeds ε: compression adds to the noise), next to
+   the budget ``eps`` and the change the noise itself made (``noise_max_levels``). Each finished
+   photo's entry is appended to ``OUT/.unlearnable/entries.jsonl`` (``outdir.EntryLog``) and
+   ``OUT/manifest.json`` is written atomically once, at the end (or on Ctrl-C); a killed run's
+   entries are rebuilt from the earlier manifest plus that log. On a rerun, photos whose recorded
    input, pattern and output hashes still match are skipped.
+
+Reads of each input file: one in phase 1 (hash and preview), one in phase 3 (hash check and full
+decode); a file over ``storage.KEEP_IN_MEMORY`` (256 MiB) is not held in memory, so it is read once
+more in each phase where it is decoded. Photos resumed from an earlier run are read in phase 1 only.
+Holding every file's bytes from phase 1 to phase 3 would save a read but cost the whole album in
+memory during the search.
 
 The output folder is guarded by ``outdir``: one run at a time (lock), no file the tool did not write
 is replaced (journal of written files; such a file makes the run refuse to start), no output through
@@ -26,7 +36,6 @@ a symbolic link out of OUT, and temp files of a killed run are removed on the ne
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -41,23 +50,26 @@ import torch
 
 from .. import __version__
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
+from ..data.photos.decode import read_photo, read_preview
+from ..data.photos.encode import write_photo
+from ..data.photos.files import PhotoFile, UsageError, discover
+from ..data.photos.outdir import STATE_DIR, EntryLog, Journal, OutputLock, check_inside, remove_leftovers, state_dir
+from ..data.photos.photo import Photo, PhotoError
+from ..data.pseudo_labels import nearest_cluster, pseudo_labels_with_centroids
+from ..data.storage import OutputError, read_hashed, sha256_bytes, sha256_file, write_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
 from ..eval.quality import max_abs_difference, psnr, ssim, ssim_defined
-from ..train.surrogate import DEFAULT_NAME, load_reference, load_surrogate
-from ..noise.upsample import EPS_TOLERANCE, apply_noise
-from ..data.pseudo_labels import nearest_cluster, pseudo_labels_with_centroids
-from ..data.photos.io import (OutputError, PhotoError, PhotoFile, UsageError, discover, read_photo, read_preview, sha256_file,
-                 write_bytes_atomic, write_photo)
-from ..data.photos.outdir import STATE_DIR, Journal, OutputLock, check_inside, remove_leftovers, state_dir
+from ..events import Event, emitter
 from ..noise.minmin import MinMinConfig
 from ..noise.problems import photo_noise
+from ..noise.upsample import EPS_TOLERANCE, apply_noise
 from ..noise.views import ViewConfig
+from ..train.surrogate import DEFAULT_NAME, load_reference, load_surrogate
 
 MANIFEST = "manifest.json"
 STATE = "search.pt"
 FORMAT = "unlearnable-protected-photos/1"
-MANIFEST_EVERY_S = 1.0  # while writing photos, the manifest is rewritten at most this often (and at the end)
 STATE_FORMAT = "unlearnable-photo-search/2"
 # What the manifest's figures measure (written into it, so that a reader need not guess).
 MEASURED = {
@@ -112,9 +124,6 @@ class PhotoProtectConfig:
         return s
 
 
-Event = Callable[[str, dict], None]
-
-
 def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                    config: PhotoProtectConfig | None = None, on_event: Event | None = None) -> dict:
     """Protect every photo under ``inputs`` into ``out_dir`` (same relative paths, formats and sizes).
@@ -124,10 +133,11 @@ def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     itself could not be written (full disk), ``manifest_error`` says why. Raises :class:`UsageError`
     (nothing written) for bad inputs or settings, an existing file in OUT that this tool did not write,
     an output through a symbolic link, or another run holding OUT; :class:`OutputError` when OUT
-    cannot be written at all. ``on_event(kind, info)`` reports 'notice' ({'message'}), 'preview',
-    'round', 'search-progress' and 'photo' events."""
+    cannot be written at all. ``on_event(kind, info)`` (``unlearnable.events``) reports 'notice',
+    'progress' (phases 'reading photos', 'searching noise (train|search)', 'writing photos', the last
+    with each written photo's manifest ``entry``) and 'round' events."""
     cfg = config or PhotoProtectConfig()
-    emit = on_event or (lambda kind, info: None)
+    emit = emitter(on_event)
     t_start = time.perf_counter()
     out = Path(out_dir)
     unreadable: list[tuple[Path, str]] = []
@@ -211,6 +221,8 @@ class _Run:
         self.weights_file = Path(cfg.surrogate) if str(cfg.surrogate).endswith(".pt") else None
         self.manifest_error: str | None = None
         self.entries: dict[str, dict] = {}
+        self.log = EntryLog(out)
+        self.log_failed = False
         self.search_info: dict = {"phase_seconds": {}}
 
     def notice(self, message: str) -> None:
@@ -232,25 +244,18 @@ class _Run:
         old: dict[str, dict] = {}
         if prev is not None and prev.get("settings") == self.settings:
             old = {e["output"]: e for e in prev["images"]}
+        old.update(self.log.read(self.settings))  # what a run killed after that manifest finished
         removed = remove_leftovers(out, [p.rel for p in self.photos])
         if removed:
             self.notice(f"removed {len(removed)} temporary file(s) left by an interrupted run")
 
-        # phase 1: hashes
+        # phase 1: hashes, and previews of the photos to search or cluster (one read of each file)
         t0 = time.perf_counter()
-        hashed = _parallel(lambda p: _safe(sha256_file, p.path), self.photos, cfg.workers)
-        readable: list[tuple[PhotoFile, str]] = []
-        for p, (h, err) in zip(self.photos, hashed):
-            rel = p.rel.as_posix()
-            self.entries[rel] = {"input": str(p.path), "output": rel, "label": p.label}
-            if err:
-                self.entries[rel].update(status="error", error=err)
-            else:
-                self.entries[rel]["input_sha256"] = h
-                readable.append((p, h))
+        state = self.load_state()
+        readable, previews = self.scan(state)
 
         # phase 2: the noise of every readable photo (stored, or searched now)
-        noise = self.noise_for(readable, surrogate, t0)
+        noise = self.noise_for(readable, previews, state, surrogate, t0)
         todo = []
         for p, h in readable:
             rel, n = p.rel.as_posix(), noise.get(p.rel.as_posix())
@@ -268,26 +273,39 @@ class _Run:
         max_px = int(cfg.max_megapixels * 1e6)
         pool = ThreadPoolExecutor(max_workers=cfg.workers)
         futures = [pool.submit(_protect_one, p, h, n, out, cfg, max_px, self.journal) for p, h, n in todo]
-        last = time.perf_counter()
+        done = 0
         try:
-            for i, ((p, _, _), fut) in enumerate(zip(todo, futures)):
-                self.entries[p.rel.as_posix()].update(fut.result())
-                # recorded as it goes (at most every MANIFEST_EVERY_S: a 1000-photo manifest is ~1 MB), so
-                # an interrupted run resumes from there; the journal already records every file written
-                if time.perf_counter() - last >= MANIFEST_EVERY_S:
-                    self.write_manifest()
-                    last = time.perf_counter()
-                self.emit("photo", {"done": i + 1, "total": len(todo), "entry": self.entries[p.rel.as_posix()]})
+            for (p, _, _), fut in zip(todo, futures):
+                self.record(p, fut.result())
+                done += 1
+                self.emit("progress", {"phase": "writing photos", "done": done, "total": len(todo),
+                                       "entry": self.entries[p.rel.as_posix()]})
         except BaseException:  # Ctrl-C: finish the photos being written, start no more, record what is done
             pool.shutdown(wait=True, cancel_futures=True)
-            for (p, _, _), fut in zip(todo, futures):
+            for (p, _, _), fut in list(zip(todo, futures))[done:]:
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    self.entries[p.rel.as_posix()].update(fut.result())
+                    self.record(p, fut.result())
             self.write_manifest()
             raise
         pool.shutdown(wait=True)
         self.search_info["phase_seconds"]["write"] = time.perf_counter() - t_write
         return self.write_manifest()
+
+    def record(self, p: PhotoFile, result: dict) -> None:
+        """Take a written photo's result into its entry and, when it is ok, log the entry at once
+        (``outdir.EntryLog``): a run killed before the manifest is written resumes from the log."""
+        entry = self.entries[p.rel.as_posix()]
+        entry.update(result)
+        if entry.get("status") != "ok":
+            return
+        try:
+            self.log.append(entry)
+        except OSError as e:
+            if not self.log_failed:
+                self.notice(f"cannot log finished photos in {self.log.path} ({e.strerror or e}); they are "
+                            "recorded in the manifest at the end (if this run is killed first, a rerun "
+                            "writes them again)")
+            self.log_failed = True
 
     def resumable(self, entry: dict, in_hash: str, n: _Noise) -> bool:
         if entry.get("status") != "ok" or entry.get("input_sha256") != in_hash:
@@ -298,24 +316,53 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------- noise
 
-    def noise_for(self, readable: list[tuple[PhotoFile, str]], surrogate, t0: float) -> dict[str, _Noise]:
+    def scan(self, state: dict | None) -> tuple[list[tuple[PhotoFile, str]], list[tuple[PhotoFile, str, np.ndarray]]]:
+        """Hash every photo and decode a preview of those that need one (to be searched, or, label-free,
+        to join a stored cluster), from one read of each file. Returns (readable photos with their
+        hashes, previews in photo order); failures become error entries."""
+        cfg = self.cfg
+        at = {h: i for i, h in enumerate(state["hashes"])} if state else set()
+        classes = set(state["classes"]) if state else set()
+        if cfg.search.mode == "classwise" and not cfg.label_free:
+            def wants(p: PhotoFile, h: str) -> bool:
+                return p.label not in classes
+        else:
+            def wants(p: PhotoFile, h: str) -> bool:
+                return h not in at
+        max_px = int(cfg.max_megapixels * 1e6)
+        scanned = _parallel(lambda p: _scan(p, wants, cfg.work_size, max_px), self.photos, cfg.workers)
+        readable: list[tuple[PhotoFile, str]] = []
+        need = []
+        for p, (h, err, preview) in zip(self.photos, scanned):
+            rel = p.rel.as_posix()
+            self.entries[rel] = {"input": str(p.path), "output": rel, "label": p.label}
+            if err:
+                self.entries[rel].update(status="error", error=err)
+                continue
+            self.entries[rel]["input_sha256"] = h
+            readable.append((p, h))
+            if preview is not None:
+                need.append((p, h, preview))
+        ready = []
+        for p, h, (arr, err) in need:
+            if err:
+                self.entries[p.rel.as_posix()].update(status="error", error=err)
+            else:
+                ready.append((p, h, arr))
+            self.emit("progress", {"phase": "reading photos", "done": len(ready), "total": len(need)})
+        return readable, ready
+
+    def noise_for(self, readable: list[tuple[PhotoFile, str]], previews: list[tuple[PhotoFile, str, np.ndarray]],
+                  state: dict | None, surrogate, t0: float) -> dict[str, _Noise]:
+        """The noise of every readable photo: stored in ``state``, or searched now on ``previews``."""
         cfg = self.cfg
         classwise = cfg.search.mode == "classwise"
-        state = self.load_state()
         at = {h: i for i, h in enumerate(state["hashes"])} if state else {}
         classes = list(state["classes"]) if state else []
 
         def stored_label(h: str) -> str | None:
             return classes[int(state["photo_class"][at[h]])] if state and h in at else None
 
-        # which photos need a preview: to be searched, or (label-free) to join a stored cluster
-        if cfg.label_free:
-            need = [(p, h) for p, h in readable if h not in at]
-        elif classwise:
-            need = [(p, h) for p, h in readable if p.label not in classes]
-        else:
-            need = [(p, h) for p, h in readable if h not in at]
-        previews = self.previews(need)
         t_search = time.perf_counter()
         self.search_info["phase_seconds"]["read"] = t_search - t0
         labels: dict[str, str] = {}  # rel -> class
@@ -339,7 +386,7 @@ class _Run:
         noise: dict[str, _Noise] = {}
         if state is None:
             return noise
-        shas = [hashlib.sha256(d.contiguous().numpy().tobytes()).hexdigest() for d in state["patterns"]]
+        shas = [sha256_bytes(d.contiguous().numpy().tobytes()) for d in state["patterns"]]
         searched = set(searched_now["hashes"]) if searched_now else set()
         for p, h in readable:
             rel = p.rel.as_posix()
@@ -360,19 +407,6 @@ class _Run:
         self.describe_search(state, searched_now, noise)
         return noise
 
-    def previews(self, need: list[tuple[PhotoFile, str]]) -> list[tuple[PhotoFile, str, np.ndarray]]:
-        cfg = self.cfg
-        max_px = int(cfg.max_megapixels * 1e6)
-        got = _parallel(lambda t: _safe(read_preview, t[0].path, cfg.work_size, max_px), need, cfg.workers)
-        ready = []
-        for (p, h), (arr, err) in zip(need, got):
-            if err:
-                self.entries[p.rel.as_posix()].update(status="error", error=err)
-            else:
-                ready.append((p, h, arr))
-            self.emit("preview", {"done": len(ready), "total": len(need)})
-        return ready
-
     def search(self, ready: list[tuple[PhotoFile, str, np.ndarray]], state: dict | None, labels: dict[str, str],
                surrogate) -> tuple[dict, dict]:
         """Search the noise of ``ready`` and merge it into ``state`` (a new one if None); save it."""
@@ -388,7 +422,8 @@ class _Run:
         delta, history = photo_noise(
             x, y, len(local), surrogate, _load_reference(cfg, self.smeta), cfg.search,
             on_round=lambda r: self.emit("round", asdict(r)),
-            on_progress=lambda phase, d, t: self.emit("search-progress", {"phase": phase, "done": d, "total": t}),
+            on_progress=lambda phase, d, t: self.emit("progress", {"phase": f"searching noise ({phase})", "done": d,
+                                                                   "total": t}),
             view=cfg.view, reference_batch=cfg.reference_batch, photo_batch=cfg.photo_batch)
         hashes = [h for _, h, _ in ready]
         record = {"classes": local, "photos": len(ready), "rounds": len(history),
@@ -407,7 +442,7 @@ class _Run:
         try:
             buf = io.BytesIO()
             torch.save(state, buf)
-            write_bytes_atomic(self.out / STATE_DIR / STATE, buf.getvalue())
+            write_atomic(self.out / STATE_DIR / STATE, buf.getvalue())
         except OutputError as e:
             self.notice(f"{e}; the search is not saved (a rerun searches again)")
         return state, dict(record, hashes=hashes)
@@ -478,8 +513,9 @@ class _Run:
             "skipped_files": [{"path": str(p), "reason": r} for p, r in self.skipped],
         }
         try:
-            write_bytes_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+            write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
             self.manifest_error = None
+            self.log.remove()  # compacted: the manifest now holds every entry the log had
         except OutputError as e:  # reported once, by the caller, from manifest["manifest_error"]
             self.manifest_error = (f"{e}; the photos written are recorded in {self.journal.path}: free space and "
                                    "rerun the same command to finish")
@@ -544,8 +580,8 @@ def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: Phot
                      journal: Journal) -> dict:
     """Read one photo at full size, add its upsampled δ, write it (checked), and measure the written
     file as decoded against the original (manifest entry)."""
-    photo = read_photo(p.path, max_pixels=max_px, keep_gps=cfg.keep_gps)
-    if sha256_file(p.path) != in_hash:
+    photo, sha = _read_input(p.path, max_px, cfg.keep_gps)
+    if sha != in_hash:
         raise PhotoError("the file changed while it was being protected; run again")
     pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps)
     rel = p.rel.as_posix()
@@ -570,6 +606,45 @@ def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: Phot
         else:
             notes.append(f"SSIM not computed: it needs at least 11x11 pixels, this photo is {w}x{h}")
     return entry
+
+
+def _hash_input(path: Path) -> tuple[str, bytes | None]:
+    """(sha256, the file's bytes when small enough to keep: ``storage.KEEP_IN_MEMORY``, else None)."""
+    try:
+        sha, _, data = read_hashed(path)
+    except OSError as e:
+        raise PhotoError(f"cannot read file: {e.strerror or e}", path) from None
+    return sha, data
+
+
+def _scan(p: PhotoFile, wants: Callable[[PhotoFile, str], bool], size: int, max_px: int
+          ) -> tuple[str | None, str | None, tuple[np.ndarray | None, str | None] | None]:
+    """(sha256, error, preview) of one photo: ``preview`` is None when ``wants(p, sha256)`` is False,
+    else ``(array, None)`` or ``(None, error)``. The preview is decoded from the bytes that were hashed."""
+    got, err = _safe(_hash_input, p.path)
+    if err:
+        return None, err, None
+    sha, data = got
+    if not wants(p, sha):
+        return sha, None, None
+    return sha, None, _safe(read_preview, p.path, size, max_px, data)
+
+
+def _read_input(path: Path, max_px: int, keep_gps: bool) -> tuple[Photo, str]:
+    """The photo at full size and the sha256 of the bytes it was decoded from: one read of the file when
+    it fits in ``storage.KEEP_IN_MEMORY``; else (or when it cannot be read whole) decoded from the
+    file, then hashed (two reads)."""
+    try:
+        sha, _, data = read_hashed(path)
+    except OSError:
+        data = None  # let the decoder say what is wrong with it (missing, unreadable, ...)
+    photo = read_photo(path, max_pixels=max_px, keep_gps=keep_gps, data=data)
+    if data is None:
+        try:
+            sha = sha256_file(path)
+        except OSError as e:
+            raise PhotoError(f"cannot read file: {e.strerror or e}", path) from None
+    return photo, sha
 
 
 def _stack(arrays: list[np.ndarray]) -> torch.Tensor:

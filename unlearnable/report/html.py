@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..eval.summary import photo_verdict_text
+
 COLORS = {"clean": "#1f77b4", "unprotected": "#1f77b4", "protected": "#d62728"}
 
 
@@ -193,7 +195,6 @@ def render_report(report: dict, assets: dict) -> str:
     summary = report["summary"]
     chance = summary[0]["chance"] if summary else 1 / max(len(report["classes"]), 1)
     robust = m.get("robust", {}).get("label")
-    val = m.get("validation") or {}
     overrides = m.get("recipe_overrides") or {}
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>unlearnable: defended verification</title>"
            f"<style>{CSS}</style></head><body>",
@@ -327,10 +328,10 @@ def render_report(report: dict, assets: dict) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    """``text`` (UTF-8) through the one checked atomic writer (``photos.io.write_bytes_atomic``)."""
-    from ..data.photos.io import write_bytes_atomic
+    """``text`` (UTF-8) through the one checked atomic writer (``data.storage.write_atomic``)."""
+    from ..data.storage import write_atomic
 
-    write_bytes_atomic(path, text.encode("utf-8"))
+    write_atomic(path, text.encode("utf-8"))
     return path
 
 
@@ -340,27 +341,6 @@ def write_report(out_dir: str | os.PathLike) -> Path:
     report = json.loads((out / "report.json").read_text())
     assets = torch.load(out / "assets.pt", weights_only=True)
     return _write_text_atomic(out / "report.html", render_report(report, assets))
-
-
-def photo_verdict_text(report: dict) -> str:
-    """The plain-language paragraph of a photo-folder verification."""
-    acc = {r["trained_on"]: r["heldout_accuracy"] for r in report["runs"]}
-    chance = report["chance_heldout_accuracy"]
-    n = report["held_out_clean"]
-    head = {"holds": "Verdict: the protection worked.", "broken": "Verdict: the protection did not work.",
-            "no verdict": "No verdict."}[report["verdict"]]
-    body = (f" {n} of your photos were kept back unprotected as a test. A model trained the way a scraper would, on "
-            f"a {report['reference']} reference set plus your other photos, recognised "
-            f"{100 * acc['unprotected']:.0f}% of those test photos when it learned from the unprotected photos, and "
-            f"{100 * acc['protected']:.0f}% when it learned from the protected ones (random guessing: "
-            f"{100 * chance:.0f}%).")
-    if report["verdict"] == "no verdict":
-        tail = (" Even without protection the model did not learn to recognise your photos, so this run cannot show "
-                "whether the protection helps: use more photos per class or more epochs.")
-    else:
-        tail = (f" That is {report['recovered']:.0%} of the unprotected model's improvement over guessing; the protection "
-                "counts as working below half.")
-    return head + body + tail
 
 
 def render_photo_report(report: dict, examples: dict) -> str:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..device import autocast
 from ..attacks.pgd import PGD
+from ..device import autocast
 from .loop import StandardStep
 
 EPS = 1e-20

@@ -13,9 +13,9 @@ As in the official code (github.com/bymavis/CAS_ICLR2021, ``Standard_Adv_Trainin
   ``fc``, l. 46, masking the block's post-ReLU output, l. 60-70); VGG-16 after each of the three
   conv-BN-ReLU layers of its last conv stage (``models/VGG16_cas.py``, ``layer5``); WRN on the
   pre-activation that feeds the last block's first conv and after the final BN-ReLU
-  (``models/wideresnet_cas.py``, ``NetworkBlock_CAS`` and ``extra_fc``). ``default_cas_layers``
-  gives those places for our ResNet, VGG and WRN. SmallCNN has no official placement: one module
-  after its last conv-BN-ReLU (our choice).
+  (``models/wideresnet_cas.py``, ``NetworkBlock_CAS`` and ``extra_fc``). Our ResNet, VGG and WRN
+  declare those places as their ``cas_layers`` attribute, which ``default_cas_layers`` reads.
+  SmallCNN has no official placement: one module after its last conv-BN-ReLU (our choice).
 * Loss: CE(f(x), y) + β · mean over the CAS modules of CE(h_i, y), β = 2 (``train.py`` l. 56
   ``--beta`` default 2, l. 106-111).
 * Training attack: PGD maximises the same CE + β · mean aux CE, with the model in eval mode, so
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import autocast
+from ..errors import UnlearnableError
 from .adversarial import AdversarialStep
 from .loop import StandardStep
 
@@ -110,26 +111,19 @@ class CASModules(nn.Module):
 
 
 def default_cas_layers(model: nn.Module) -> list[str]:
-    """Official CAS placement for our registry families (see the module docstring): every block
-    of a ResNet's last stage; the ReLUs of a VGG's last conv stage; a WRN's last block's
-    pre-activation (``act1``) and final BN-ReLU (``act``); SmallCNN's last conv-BN-ReLU.
-    (Official WRN masks only the conv path of that block; ours does too whenever the block keeps its
-    width, as in every registry WRN, but a width-changing last block would feed the mask to its
-    shortcut as well.)"""
-    kind = type(model).__name__
-    if kind == "ResNet":
-        last = len(model.stages) - 1
-        return [f"stages.{last}.{i}" for i in range(len(model.stages[last]))]
-    if kind == "VGG":
-        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
-        start = pools[-2] if len(pools) > 1 else -1
-        return [f"features.{i}" for i, m in enumerate(model.features)
-                if i > start and isinstance(m, nn.ReLU)]
-    if kind == "WideResNet":
-        return [f"blocks.{len(model.blocks) - 1}.act1", "act"]
-    if kind == "SmallCNN":
-        return ["features"]
-    raise ValueError(f"no default CAS layers for {kind}; pass layers=")
+    """The submodule names where CAS attaches by default: the model's declared ``cas_layers``. Registry
+    models declare the official placement (see the module docstring): every block of a ResNet's last
+    stage; the ReLUs of a VGG's last conv stage; a WRN's last block's pre-activation (``act1``) and
+    final BN-ReLU (``act``); SmallCNN's last conv-BN-ReLU. (Official WRN masks only the conv path of
+    that block; ours does too whenever the block keeps its width, as in every registry WRN, but a
+    width-changing last block would feed the mask to its shortcut as well.)"""
+    layers = getattr(model, "cas_layers", None)
+    if layers is None:
+        raise UnlearnableError(
+            f"{type(model).__name__} declares no default CAS layers: give the class a `cas_layers` "
+            "attribute (a tuple of submodule names whose outputs CAS masks, e.g. (\"layer4\",)) "
+            "or pass layers= to attach_cas")
+    return list(layers)
 
 
 def attach_cas(model: nn.Module, layers: str | Sequence[str] | None = None,

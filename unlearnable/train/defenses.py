@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.defenses import cutmix, cutout, grayscale, mixed_cross_entropy, mixup
+from ..data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup
 from ..data.jpeg import jpeg
 from ..errors import UnlearnableError
 from .adversarial import AdversarialStep, AWPStep

@@ -12,13 +12,13 @@ train-surrogate``); the model card next to the weights records its command, data
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,9 +26,11 @@ from torch import nn
 
 from .. import __version__
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset, resolve_data_root
+from ..data.storage import write_atomic
 from ..device import resolve_device
 from ..errors import DataNotFoundError, UnlearnableError
-from .loop import EpochRecord, TrainConfig, build_model, evaluate, train
+from ..events import Event, emitter, epoch_events
+from .loop import TrainConfig, build_model, evaluate, train
 
 DEFAULT_NAME = "smallcnn-cifar10"
 WEIGHTS_SUFFIX = ".pt"
@@ -43,18 +45,18 @@ def weights_dir() -> Path:
 
 def train_surrogate(dataset: str = "cifar10", arch: str = "smallcnn", config: TrainConfig | None = None,
                     reference_per_class: int = 50, data_root: str | os.PathLike | None = None,
-                    device: str = "auto", on_epoch: Callable[[EpochRecord], None] | None = None,
-                    on_batch: Callable[[int, int], None] | None = None) -> tuple[nn.Module, dict, ImageTensors]:
+                    device: str = "auto", on_event: Event | None = None) -> tuple[nn.Module, dict, ImageTensors]:
     """Train ``arch`` on the training split of ``dataset`` with the standard recipe and pick a
     class-balanced reference bank of ``reference_per_class`` training images per class.
-    Returns (model, metadata with test accuracy and history, reference bank)."""
+    Returns (model, metadata with test accuracy and history, reference bank); reports 'epoch' and
+    'progress' events."""
     cfg = config or TrainConfig(epochs=8)
     dev = resolve_device(device)
     root = resolve_data_root(data_root)
     train_set, test_set = load_dataset(dataset, "train", root), load_dataset(dataset, "test", root)
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], cfg.seed, dev)
     t0 = time.perf_counter()
-    history = train(model, train_set, test_set, cfg, on_epoch=on_epoch, on_batch=on_batch)
+    history = train(model, train_set, test_set, cfg, **epoch_events(emitter(on_event)))
     acc, loss = evaluate(model, test_set.to(dev))
     bank_idx = balanced_subset(train_set.labels, reference_per_class * train_set.num_classes, seed=cfg.seed + 1)
     reference = train_set.subset(bank_idx)
@@ -80,11 +82,14 @@ def save_surrogate(out_dir: str | os.PathLike, model: nn.Module, meta: dict, ref
     command = command or " ".join(["unlearnable"] + sys.argv[1:])
     state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     slim = {k: v for k, v in meta.items() if k not in ("history", "reference_source_indices")}
-    torch.save({"state_dict": state, "meta": {**slim, "command": command}}, out / f"{name}{WEIGHTS_SUFFIX}")
-    np.savez_compressed(out / f"{name}{REFERENCE_SUFFIX}", images=reference.images.cpu().numpy(),
-                        labels=reference.labels.cpu().numpy(), classes=np.array(reference.classes),
+    weights, bank = io.BytesIO(), io.BytesIO()
+    torch.save({"state_dict": state, "meta": {**slim, "command": command}}, weights)
+    np.savez_compressed(bank, images=reference.images.cpu().numpy(), labels=reference.labels.cpu().numpy(),
+                        classes=np.array(reference.classes),
                         source_indices=np.array(meta["reference_source_indices"], dtype=np.int64))
-    (out / f"{name}{CARD_SUFFIX}").write_text(model_card(meta, command))
+    write_atomic(out / f"{name}{WEIGHTS_SUFFIX}", weights.getvalue())
+    write_atomic(out / f"{name}{REFERENCE_SUFFIX}", bank.getvalue())
+    write_atomic(out / f"{name}{CARD_SUFFIX}", model_card(meta, command).encode())
     return out / f"{name}{WEIGHTS_SUFFIX}"
 
 

@@ -48,10 +48,13 @@ import torch
 
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
 from ..data.protected import MANIFEST, load_protected, write_json_atomic
+from ..data.storage import settings_sha256, write_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
 from ..eval.patterns import PatternConfig, classwise_patterns, noise_predictive_power
 from ..eval.robust import robust_accuracy
+from ..eval.summary import summarize_matrix, summarize_run, verdict_text
+from ..events import Event, emitter, epoch_events
 from ..train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses
 from ..train.loop import EpochRecord, TrainConfig, build_model, prepare_batch, train
 
@@ -86,12 +89,11 @@ class MatrixConfig:
     at_alpha: float = 2 / 255        # PGD step while training
     awp_gamma: float = 1e-2          # AWP's relative weight perturbation (AT-AWP's γ)
     # the robust-accuracy readout, independent of the training attack: PGD-20, ε 8/255, step 2/255,
-    # random start, on the first ``robust_n`` clean test images (the AWP paper's readout; 0: skip)
-    robust_n: int = 1000
+    # random start, on the first ``robust_images`` clean test images (the AWP paper's readout; 0: skip)
+    robust_images: int = 1000
     robust_eps: float = 8 / 255
     robust_alpha: float = 2 / 255
     robust_steps: int = 20
-    robust_images: int | None = None  # old name of robust_n (kept for callers; overrides it when given)
     patterns_for: list[str] = field(default_factory=lambda: ["standard"])   # defenses whose models get patterns
     pattern: PatternConfig = field(default_factory=PatternConfig)
     pattern_share: float = 0.2       # share of the test set per class searched on (the authors' 20 %)
@@ -102,11 +104,8 @@ class MatrixConfig:
     chance_margin: float = 0.1       # a clean model below chance + this did not learn: no verdict for its row
 
     def __post_init__(self) -> None:
-        if self.robust_images is not None:
-            self.robust_n = self.robust_images
-        self.robust_images = None
-        if self.robust_n < 0 or self.robust_steps < 1 or not 0 < self.robust_eps <= 1 or self.robust_alpha <= 0:
-            raise UnlearnableError("robust readout: need robust_n ≥ 0, robust_steps ≥ 1, 0 < robust_eps ≤ 1, "
+        if self.robust_images < 0 or self.robust_steps < 1 or not 0 < self.robust_eps <= 1 or self.robust_alpha <= 0:
+            raise UnlearnableError("robust readout: need robust_images ≥ 0, robust_steps ≥ 1, 0 < robust_eps ≤ 1, "
                                    "robust_alpha > 0")
         if not 0 <= self.val_share < 0.5:
             raise UnlearnableError("val_share must be in [0, 0.5)")
@@ -126,14 +125,14 @@ class MatrixConfig:
 
 def robust_label(cfg: MatrixConfig, images: int | None = None) -> str:
     """The robust readout in words, written from the settings that run it (never typed by hand)."""
-    n = cfg.robust_n if images is None else images
+    n = cfg.robust_images if images is None else images
     return (f"PGD-{cfg.robust_steps} (L∞ ε {cfg.robust_eps * 255:.3g}/255, step {cfg.robust_alpha * 255:.3g}/255, "
             f"random start) on {n} clean test images")
 
 
 def robust_settings(cfg: MatrixConfig, images: int | None = None) -> dict:
     """The robust readout's settings and label as recorded in cells and reports."""
-    n = cfg.robust_n if images is None else images
+    n = cfg.robust_images if images is None else images
     return {"images": n, "eps": cfg.robust_eps, "alpha": cfg.robust_alpha, "steps": cfg.robust_steps,
             "label": robust_label(cfg, n)}
 
@@ -160,35 +159,20 @@ def split_validation(labels: torch.Tensor, share: float, seed: int) -> tuple[tor
     return torch.nonzero(mask).squeeze(1), val
 
 
-def summarize_run(arch: str, data: str, history: list[EpochRecord], seconds: float) -> dict:
-    """A training run as a record: clean test accuracy at the *chosen* epoch (the first of highest
-    validation accuracy; the last epoch when there was no validation split), the final one, the
-    test peak (an oracle: chosen on the images it scores; kept for reference only), final training
-    accuracy, and every epoch."""
-    accs = [r.test_acc for r in history]
-    vals = [r.val_acc for r in history]
-    have_test = bool(history) and all(a is not None for a in accs)
-    if history and all(v is not None for v in vals):
-        chosen, by = vals.index(max(vals)) + 1, "validation"
-    else:
-        chosen, by = (len(history) or None), "final epoch"
-    return {"arch": arch, "train_data": data, "epochs": len(history),
-            "chosen_epoch": chosen, "chosen_by": by,
-            "chosen_test_acc": accs[chosen - 1] if have_test and chosen else None,
-            "chosen_val_acc": vals[chosen - 1] if chosen and by == "validation" else None,
-            "final_test_acc": accs[-1] if have_test else None,
-            "peak_test_acc": max(accs) if have_test else None,
-            "peak_epoch": (accs.index(max(accs)) + 1) if have_test else None,
-            "final_train_acc": history[-1].train_acc if history else None,
-            "seconds": seconds, "history": [asdict(r) for r in history]}
-
-
-def load_test(dataset: str, root: str | os.PathLike | None, cfg: MatrixConfig) -> ImageTensors:
-    """The clean test set, or its class-balanced ``cfg.test_subset``."""
-    test = load_dataset(dataset, "test", root)
+def load_test(dataset: str, root: str | os.PathLike | None, cfg: MatrixConfig,
+              size: int | None = None) -> ImageTensors:
+    """The clean test set, or its class-balanced ``cfg.test_subset``; an ImageFolder squashed to
+    ``size`` × ``size`` when given (the working size of a mixed-size protection)."""
+    test = load_dataset(dataset, "test", root, size)
     if cfg.test_subset and cfg.test_subset < len(test):
         test = test.subset(balanced_subset(test.labels, cfg.test_subset, cfg.train.seed))
     return test
+
+
+def work_side(manifest: dict) -> int | None:
+    """The side the clean images must be squashed to, to match a protect-dataset output: its working
+    size when the protection resized a mixed-size ImageFolder, else None (the images' own size)."""
+    return int(manifest["work_size"][0]) if manifest.get("resized") else None
 
 
 def _indices_id(indices) -> str:
@@ -203,7 +187,9 @@ def _cell_fingerprint(cfg: MatrixConfig, arch: str, defense: str, data_name: str
     same images and can be trained before the protection exists (``clean_cells``)."""
     shared = data_name == "clean" and defense not in cfg.patterns_for
     return _fingerprint({"arch": arch, "defense": defense, "data": data_name,
-                         "data_id": {"dataset": dataset, "indices": data_id["indices"]} if shared else data_id,
+                         "data_id": ({"dataset": dataset, "indices": data_id["indices"],
+                                      **({"size": data_id["size"]} if "size" in data_id else {})}
+                                     if shared else data_id),
                          "train": asdict(defense_train_config(cfg, defense)),
                          "at": [cfg.at_eps, cfg.at_steps, cfg.at_alpha],
                          "tcr_warmup": cfg.tcr_warmup_epochs if defense == "tcr" else None,
@@ -216,23 +202,23 @@ def _cell_fingerprint(cfg: MatrixConfig, arch: str, defense: str, data_name: str
 
 def clean_cells(dataset: str, indices, out_dir: str | os.PathLike, config: MatrixConfig | None = None,
                 device: str = "auto", data_root: str | os.PathLike | None = None,
-                on_cell: Callable[[str, int, int, bool], None] | None = None,
-                on_epoch: Callable[[EpochRecord], None] | None = None,
-                on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+                on_event: Event | None = None, size: int | None = None) -> list[dict]:
     """Train (or reuse) the clean cells of a matrix that do not depend on the protection (defenses
     without patterns) on ``dataset``'s training images at source ``indices``, before the protection
     exists; ``verify_defenses`` over a ``protect-dataset`` output of the same images, with the same
-    ``config`` and ``out_dir``, reuses them. Returns their records."""
+    ``config`` and ``out_dir`` (and ``size``: its ``work_side``), reuses them. Returns their records.
+    Reports 'model', 'epoch' and 'progress' events (``unlearnable.events``)."""
+    emit = emitter(on_event)
     cfg = config or MatrixConfig()
     dev = resolve_device(device)
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     idx = np.asarray(indices, dtype=np.int64)
-    test = load_test(dataset, data_root, cfg)
-    clean = load_dataset(dataset, "train", data_root).subset(torch.from_numpy(idx))
+    test = load_test(dataset, data_root, cfg, size)
+    clean = load_dataset(dataset, "train", data_root, size).subset(torch.from_numpy(idx))
     tr_idx, val_idx = split_validation(clean.labels, cfg.val_share, cfg.train.seed)
     train_set, val_set = clean.subset(tr_idx), (clean.subset(val_idx) if len(val_idx) else None)
-    data_id = {"indices": _indices_id(idx)}
+    data_id = {"indices": _indices_id(idx), **({"size": size} if size else {})}
     plan = [(a, d) for a in cfg.archs for d in cfg.defenses if d not in cfg.patterns_for]
     recs = []
     for i, (arch, defense) in enumerate(plan):
@@ -240,11 +226,10 @@ def clean_cells(dataset: str, indices, out_dir: str | os.PathLike, config: Matri
         fp = _cell_fingerprint(cfg, arch, defense, "clean", dataset, data_id)
         path, tpath = out / "cells" / f"{key}.json", out / "cells" / f"{key}.pt"
         found = _read_cell(path, tpath, fp)
-        if on_cell:
-            on_cell(key, i + 1, len(plan), found is not None)
+        emit("model", {"key": key, "index": i + 1, "total": len(plan), "reused": found is not None})
         if found is None:
-            rec, _, _ = run_cell(arch, defense, "clean", train_set, test, cfg, dev, dataset, on_epoch=on_epoch,
-                                 on_batch=on_batch, val_set=val_set)
+            rec, _, _ = run_cell(arch, defense, "clean", train_set, test, cfg, dev, dataset, val_set=val_set,
+                                 **epoch_events(emit))
             rec["fingerprint"] = fp
             tpath.unlink(missing_ok=True)
             write_json_atomic(rec, path)
@@ -255,12 +240,10 @@ def clean_cells(dataset: str, indices, out_dir: str | os.PathLike, config: Matri
 
 
 def _save_atomic(obj, path: Path) -> None:
-    """``torch.save`` through the one checked atomic writer (``photos.io.write_bytes_atomic``)."""
-    from ..data.photos.io import write_bytes_atomic
-
+    """``torch.save`` through the one checked atomic writer (``data.storage.write_atomic``)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def _read_cell(path: Path, tpath: Path, fp: str) -> tuple[dict, dict] | None:
@@ -280,7 +263,7 @@ def cell_key(arch: str, defense: str, data: str) -> str:
 
 
 def _fingerprint(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings_sha256(obj).hexdigest()[:16]
 
 
 def _class_firsts(data: ImageTensors) -> torch.Tensor:
@@ -323,8 +306,8 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
     rec = summarize_run(arch, data_name, history, seconds)
     rec.update(defense=defense, robust_acc=None, recipe=asdict(tc), train_images=len(train_set),
                val_images=len(val_set) if val_set is not None else 0)
-    if cfg.robust_n:
-        n = min(cfg.robust_n, len(test_set))
+    if cfg.robust_images:
+        n = min(cfg.robust_images, len(test_set))
         x = prepare_batch(test_set.images[:n].to(device))
         # Adaptive readout: a defense whose step trains against its own objective (CAS: CE + β·aux CE)
         # is attacked with that objective; plain-CE PGD overstates CAS's robustness (arXiv 2103.08307).
@@ -352,15 +335,14 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
 
 def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike, config: MatrixConfig | None = None,
                     device: str = "auto", data_root: str | os.PathLike | None = None,
-                    on_cell: Callable[[str, int, int, bool], None] | None = None,
-                    on_epoch: Callable[[EpochRecord], None] | None = None,
-                    on_batch: Callable[[int, int], None] | None = None, only_finished: bool = False) -> dict:
+                    on_event: Event | None = None, only_finished: bool = False) -> dict:
     """Run (or resume) the matrix for a ``protect-dataset`` output and write ``report.json``,
-    ``assets.pt`` and ``report.html`` under ``out_dir``. ``on_cell(key, i, total, reused)`` is
-    called as each cell starts. ``only_finished``: train nothing, report the cells finished so far
+    ``assets.pt`` and ``report.html`` under ``out_dir``. Reports a 'model' event as each cell starts
+    (``reused`` when it finished earlier), then its 'epoch' and 'progress' events. ``only_finished``: train nothing, report the cells finished so far
     (``report["cells_missing"]`` lists the rest; their rows have no verdict). Returns the report dict."""
     from ..report.html import write_report
 
+    emit = emitter(on_event)
     cfg = config or MatrixConfig()
     dev = resolve_device(device)
     out = Path(out_dir)
@@ -368,8 +350,9 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     protected, manifest = load_protected(protected_dir)
     root = data_root or manifest.get("data_root")
     dataset = manifest["dataset"]
-    test = load_test(dataset, root, cfg)
-    clean = load_dataset(dataset, "train", root).subset(torch.from_numpy(protected.meta["indices"]))
+    size = work_side(manifest)
+    test = load_test(dataset, root, cfg, size)
+    clean = load_dataset(dataset, "train", root, size).subset(torch.from_numpy(protected.meta["indices"]))
     if not torch.equal(clean.labels, protected.labels):
         raise UnlearnableError(f"{protected_dir}: labels do not match {dataset} at the recorded indices")
     # the validation split: the same held-out indices of the clean and the protected images
@@ -389,7 +372,7 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
 
     data_id = {"manifest": {k: manifest.get(k) for k in ("dataset", "mode", "eps", "seed", "num_images", "surrogate",
                                                           "final_surrogate_acc", "rounds")},
-               "indices": _indices_id(protected.meta["indices"])}
+               "indices": _indices_id(protected.meta["indices"]), **({"size": size} if size else {})}
     cells, tensors, missing = [], {}, []
     plan = [(a, d, s) for a in cfg.archs for d in cfg.defenses for s in sets]
     for i, (arch, defense, data_name) in enumerate(plan):
@@ -399,8 +382,7 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
         tpath = out / "cells" / f"{key}.pt"
         rec = _read_cell(path, tpath, fp)
         done = rec is not None
-        if on_cell:
-            on_cell(key, i + 1, len(plan), done)
+        emit("model", {"key": key, "index": i + 1, "total": len(plan), "reused": done})
         if done:
             rec, cell_tensors = rec
         elif only_finished:
@@ -408,7 +390,8 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
             continue
         else:
             rec, cell_tensors, _ = run_cell(arch, defense, data_name, sets[data_name], test, cfg, dev, dataset,
-                                            canvases, pattern_set, noise, on_epoch, on_batch, vals[data_name])
+                                            canvases, pattern_set, noise, val_set=vals[data_name],
+                                            **epoch_events(emit))
             rec["fingerprint"] = fp
             if cell_tensors:
                 _save_atomic(cell_tensors, tpath)
@@ -450,119 +433,10 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     return report
 
 
-def recovery(protected_acc: float, clean_acc: float, chance: float) -> float | None:
-    """(protected − chance) / (clean − chance): 0 = learned nothing beyond chance from the
-    protected data, 1 = as much as the clean model. None when the clean model is at chance."""
-    gap = clean_acc - chance
-    return (protected_acc - chance) / gap if gap > 0 else None
-
-
-def summarize_matrix(cells: list[dict], num_classes: int, chance_margin: float = 0.1) -> list[dict]:
-    """One row per (arch, defense), in cell order: the clean and protected runs (chosen-epoch, final
-    and oracle-peak test accuracy, robust accuracy), the two recoveries at the chosen epochs and the
-    verdict. ``recovered_vs_same`` compares with the clean model trained through the same defense,
-    ``recovered_vs_standard`` with the arch's standard (no-defense) clean model.
-
-    Verdict (stated rules, not tuned thresholds): ``"no verdict"`` when the same-defense clean model
-    did not learn (chosen-epoch accuracy < chance + ``chance_margin``); ``"broken"`` when
-    ``recovered_vs_standard`` ≥ 0.5 (the protected data gives at least half of what clean data gives
-    a standard trainer; ``recovered_vs_same`` stands in when there is no standard clean model);
-    ``"inconclusive"`` when only ``recovered_vs_same`` ≥ 0.5 (the defense neutralises the noise but its
-    own clean model is too weak for the recovery to matter); ``"holds"`` otherwise. None while a
-    cell of the row is missing."""
-    chance = 1.0 / num_classes
-    keys = ("chosen_test_acc", "chosen_epoch", "chosen_by", "final_test_acc", "peak_test_acc", "peak_epoch",
-            "robust_acc", "final_train_acc")
-    rows: dict[tuple[str, str], dict] = {}
-    for c in cells:
-        r = rows.setdefault((c["arch"], c["defense"]), {"arch": c["arch"], "defense": c["defense"]})
-        r[c["train_data"]] = {k: c.get(k) for k in keys}
-    out = []
-    for (arch, _), r in rows.items():
-        cl, pr = r.get("clean"), r.get("protected")
-        std = (rows.get((arch, "standard")) or {}).get("clean")
-        std_acc = std["chosen_test_acc"] if std and std["chosen_test_acc"] is not None else None
-        r.update(chance=chance, standard_clean_acc=std_acc, recovered_vs_same=None, recovered_vs_standard=None,
-                 verdict=None, reason=None)
-        if not (cl and pr) or cl["chosen_test_acc"] is None or pr["chosen_test_acc"] is None:
-            r["reason"] = "the clean or the protected run is missing"
-            out.append(r)
-            continue
-        c_acc, p_acc = cl["chosen_test_acc"], pr["chosen_test_acc"]
-        if c_acc < chance + chance_margin:
-            r["verdict"] = "no verdict"
-            r["reason"] = (f"the clean model trained through {r['defense']} did not learn ({100 * c_acc:.1f}% at its "
-                           f"chosen epoch, below chance {100 * chance:.1f}% + {100 * chance_margin:.0f} points)")
-            out.append(r)
-            continue
-        same = recovery(p_acc, c_acc, chance)
-        vs_std = recovery(p_acc, std_acc, chance) if std_acc is not None and std_acc >= chance + chance_margin else None
-        r["recovered_vs_same"], r["recovered_vs_standard"] = same, vs_std
-        if (vs_std if vs_std is not None else same) >= 0.5:
-            r["verdict"] = "broken"
-        elif same >= 0.5:
-            r["verdict"] = "inconclusive"
-            r["reason"] = (f"the protected model recovers {same:.2f} of the {r['defense']} clean model, but that clean "
-                           f"model reaches only {100 * c_acc:.1f}% (standard clean {100 * std_acc:.1f}%)")
-        else:
-            r["verdict"] = "holds"
-        out.append(r)
-    return out
-
-
-def verdict_text(report: dict) -> str:
-    """One plain-language paragraph (no jargon beyond "training method") summing up the matrix."""
-    rows = report["summary"]
-    chance = rows[0]["chance"] if rows else 1 / max(len(report.get("classes", [])), 1)
-    by = {v: [r for r in rows if r.get("verdict") == v] for v in ("holds", "broken", "inconclusive", "no verdict")}
-    judged = len(by["holds"]) + len(by["broken"]) + len(by["inconclusive"])
-    n_val = report.get("val_images", 0)
-    pick = (f"Each model is scored at the epoch its trainer would pick from {n_val} held-out training images, "
-            "on clean test images it never saw. " if n_val else
-            "Each model is scored after its last epoch, on clean test images it never saw. ")
-
-    def name(r: dict) -> str:
-        return r["defense"] if len(report["matrix"]["archs"]) == 1 else f"{r['defense']} ({r['arch']})"
-
-    parts = []
-    for r in rows:
-        cl, pr = (r.get("clean") or {}).get("chosen_test_acc"), (r.get("protected") or {}).get("chosen_test_acc")
-        if r["defense"] == "standard" and cl is not None and pr is not None:
-            parts.append(f"Trained the ordinary way, a model ({r['arch']}) recognises {100 * cl:.0f}% "
-                         f"of new test images when it learns from the original images, and "
-                         f"{100 * pr:.0f}% when it learns from the protected ones "
-                         f"(random guessing: {100 * chance:.0f}%).")
-    unfinished = [r for r in rows if r.get("verdict") is None]
-    summary = (f"Verdict: of the {len(rows) - len(unfinished)} training methods tried, the protection held against "
-               f"{len(by['holds'])} and was broken by {len(by['broken'])}")
-    summary += (": " + ", ".join(name(r) for r in by["broken"]) + "." if by["broken"] else ".")
-    if not judged:
-        summary = ("No verdict yet: no finished training method produced a clean model that learned enough to "
-                   "compare against.")
-    tail = ("A method breaks the protection when its model, trained on the protected images, gets at least half of "
-            "the improvement over guessing that an ordinary model gets from the original images.")
-    extra = []
-    if by["inconclusive"]:
-        extra.append("Inconclusive for " + ", ".join(name(r) for r in by["inconclusive"]) +
-                     ": the protection does not slow these methods down, but they learn so little even from the "
-                     "original images that this does not show whether they could break it.")
-    if by["no verdict"]:
-        extra.append("No verdict for " + ", ".join(name(r) for r in by["no verdict"]) +
-                     ": trained on the original images, their models did not learn (within "
-                     f"{100 * report['matrix'].get('chance_margin', 0.1):.0f} points of guessing).")
-    if unfinished:
-        extra.append("Not finished: " + ", ".join(name(r) for r in unfinished) + ".")
-    if report.get("cells_missing"):
-        extra.append(f"{len(report['cells_missing'])} planned model(s) are not trained yet; this report covers the "
-                     "finished ones only.")
-    return " ".join([summary, *parts, pick.strip(), tail, *extra])
-
-
 def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig | None = None,
                    subset: int | None = None, label_noise: float = 0.0, noise_kind: str = "symmetric",
                    device: str = "auto", data_root: str | os.PathLike | None = None,
-                   on_epoch: Callable[[EpochRecord], None] | None = None,
-                   on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, torch.nn.Module]:
+                   on_event: Event | None = None) -> tuple[dict, torch.nn.Module]:
     """Train one model through a defense on a (clean) dataset or a ``protect-dataset`` folder,
     optionally with injected label noise; ``config.val_share`` of it is held out to choose the epoch.
     Returns (record with clean and robust test accuracy, model)."""
@@ -570,14 +444,16 @@ def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig |
 
     cfg = config or MatrixConfig(archs=[arch], defenses=[defense], patterns_for=["none"])
     dev = resolve_device(device)
+    size = None
     if Path(dataset).is_dir() and (Path(dataset) / MANIFEST).exists():
         train_set, manifest = load_protected(dataset)
         name = manifest["dataset"]
         data_root = data_root or manifest.get("data_root")
+        size = work_side(manifest)
     else:
         name = dataset
         train_set = load_dataset(dataset, "train", data_root)
-    test = load_test(name, data_root, cfg)
+    test = load_test(name, data_root, cfg, size)
     if subset:
         train_set = train_set.subset(balanced_subset(train_set.labels, subset, cfg.train.seed))
     if label_noise:
@@ -593,7 +469,7 @@ def train_defended(dataset: str, defense: str, arch: str, config: MatrixConfig |
     val_set = train_set.subset(val_idx) if len(val_idx) else None
     train_set = train_set.subset(tr_idx)
     rec, _, model = run_cell(arch, parse_defenses([defense])[0], name, train_set, test, cfg, dev, name,
-                             on_epoch=on_epoch, on_batch=on_batch, val_set=val_set)
+                             val_set=val_set, **epoch_events(emitter(on_event)))
     rec.update(dataset=str(dataset), label_noise=label_noise, noise_kind=noise_kind if label_noise else None,
                train_images=len(train_set), val_images=len(val_idx), test_images=len(test))
     return rec, model

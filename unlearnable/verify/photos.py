@@ -26,23 +26,25 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
+from ..data.photos.decode import read_photo, to_rgb8
+from ..data.photos.files import discover
 from ..data.protected import write_json_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
-from ..train.loop import TrainConfig, build_model, evaluate, train
-from ..data.photos.io import discover, read_photo, to_rgb8
-from ..protect.photos import PhotoProtectConfig, protect_photos
+from ..eval.summary import photo_verdict
+from ..events import Event, emitter, epoch_events
 from ..noise.views import scraper_pipeline
+from ..protect.photos import PhotoProtectConfig, protect_photos
+from ..train.loop import TrainConfig, build_model, evaluate, train
 
 REPORT = "verify-photos.json"
 REPORT_HTML = "report.html"
-CHANCE_MARGIN = 0.1
+
 
 
 @dataclass
@@ -87,11 +89,13 @@ def _scraped(paths: list[Path], size: int, quality: int | None) -> torch.Tensor:
 
 def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
                         config: PhotoVerifyConfig | None = None,
-                        on_event: Callable[[str, dict], None] | None = None) -> dict:
+                        on_event: Event | None = None) -> dict:
     """Run the held-out experiment on ``folder`` (subfolders = classes), writing the protected
-    copies, and ``verify-photos.json``, under ``out_dir``. Returns the report."""
+    copies, and ``verify-photos.json``, under ``out_dir``. Returns the report. Reports 'phase'
+    events, the protection's events, then a 'model' event per victim and its 'epoch'/'progress'
+    events (``unlearnable.events``)."""
     cfg = config or PhotoVerifyConfig()
-    emit = on_event or (lambda kind, info: None)
+    emit = emitter(on_event)
     out = Path(out_dir)
     t0 = time.perf_counter()
     # the reference data first: a missing or mismatched dataset must fail before anything is written
@@ -118,7 +122,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
             shutil.copy2(photos[i].path, link)
     emit("phase", {"name": f"protecting {len(keep)} photos ({len(held)} held out clean)"})
     manifest = protect_photos([stage], out / "protected", cfg.protect,
-                              on_event=lambda k, info: emit("protect-" + k, info))
+                              on_event=emit)
     ok = {e["output"]: e for e in manifest["images"] if e.get("status") == "ok"}
     train_idx = [i for i in keep if f"{photos[i].label}/{photos[i].path.name}" in ok]
     if len(train_idx) < len(keep):
@@ -143,14 +147,13 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     held_set = ImageTensors(held_x, y_held, all_classes, "held-out photos")
 
     runs = []
-    for name, px in (("protected", prot_x), ("unprotected", clean_x)):
-        emit("run", {"name": name, "epochs": cfg.train.epochs})
+    for i, (name, px) in enumerate((("protected", prot_x), ("unprotected", clean_x))):
+        emit("model", {"key": f"victim on {name} photos", "index": i + 1, "total": 2, "reused": False})
         data = ImageTensors(torch.cat([ref_train.images, px]), torch.cat([ref_train.labels, y_photo]),
                             all_classes, f"{cfg.reference}+photos:{name}")
         model = build_model(cfg.arch, len(all_classes), 3, cfg.seed, dev)
         # the held-out photos are scored every epoch for the curves only; the figure is the last epoch's
-        hist = train(model, data, held_set, cfg.train, on_epoch=lambda r: emit("epoch", asdict(r)),
-                     on_batch=lambda d, t: emit("batch", {"done": d, "total": t}))
+        hist = train(model, data, held_set, cfg.train, **epoch_events(emit))
         runs.append({
             "trained_on": name,
             "heldout_accuracy": hist[-1].test_acc,
@@ -180,19 +183,6 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     write_photo_report(out / REPORT_HTML, report, {"clean": clean_x[shown], "protected": prot_x[shown],
                                                    "names": [photos[train_idx[j]].path.name for j in shown]})
     return report
-
-
-def photo_verdict(runs: list[dict], chance: float, margin: float = CHANCE_MARGIN) -> dict:
-    """``recovered`` = (protected − chance) / (unprotected − chance) on the held-out photos, and the
-    verdict: "no verdict" (unprotected victim below chance + ``margin``), "broken" (≥ 0.5), "holds"."""
-    acc = {r["trained_on"]: r["heldout_accuracy"] for r in runs}
-    p, u = acc["protected"], acc["unprotected"]
-    if u < chance + margin:
-        return {"recovered": None, "verdict": "no verdict",
-                "verdict_reason": f"the unprotected victim recognises only {100 * u:.1f}% of the held-out photos "
-                                  f"(chance {100 * chance:.1f}% + {100 * margin:.0f} points): nothing to protect"}
-    rec = (p - chance) / (u - chance)
-    return {"recovered": rec, "verdict": "broken" if rec >= 0.5 else "holds", "verdict_reason": None}
 
 
 def _keep_classes(data: ImageTensors, keep: list[str]) -> ImageTensors:

@@ -12,10 +12,18 @@ full disk or a damaged manifest. So:
   when the process dies, even by ``kill -9``, so a stale lock cannot block a rerun); it holds the
   pid of the run for the message the second run prints. Without ``fcntl`` (Windows) the lock is an
   exclusive-create file whose recorded pid is checked for liveness;
+- an *entry log*, ``OUT/.unlearnable/entries.jsonl`` (:class:`EntryLog`), gets each photo's manifest
+  entry as soon as the photo is written, so that ``manifest.json`` is written once, at the end of a run
+  (O(N) bytes for N photos instead of rewriting it as the run goes), and a run killed before that end
+  is resumed from the earlier manifest plus this log; the log is removed once the manifest holds it;
 - :func:`remove_leftovers` deletes temp files of a killed run: only names matching our own temp
-  pattern (:data:`~unlearnable.data.photos.io.TEMP_PATTERN`, plus the fixed names older versions used),
+  pattern (:data:`~unlearnable.data.storage.TEMP_PATTERN`, plus the fixed names older versions used),
   only in the folders this run writes to, only regular files;
 - :func:`check_inside` refuses outputs that would leave OUT through a symbolic link.
+
+Standards: ``flock(2)``; JSON Lines (one UTF-8 JSON object per line). Deviation: the entry log is not
+fsynced line by line (the journal is): a line lost in a power cut only means that photo is written
+again, and the journal still knows the file there as ours.
 """
 from __future__ import annotations
 
@@ -29,10 +37,12 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-from .io import TEMP_PATTERN, OutputError, UsageError, sha256_file
+from ..storage import TEMP_PATTERN, OutputError, sha256_file
+from .files import UsageError
 
 STATE_DIR = ".unlearnable"
 JOURNAL = "written.jsonl"
+ENTRIES = "entries.jsonl"
 LOCK = "lock"
 # temp names of versions before the journal: ".<name[:40]>.<8 hex>.tmp" next to a photo, fixed names for state
 _LEGACY_TEMP = re.compile(r"\.(.{1,40})\.[0-9a-f]{8}\.tmp", re.DOTALL)
@@ -257,6 +267,79 @@ class Journal:
         return self.hash_of(path) in hashes or not _decodes(Path(path))
 
 
+class EntryLog:
+    """Append-only log of the manifest entries of finished files, ``OUT/.unlearnable/entries.jsonl``
+    (see the module docstring). Its first line is ``{"settings": ...}``, the run's settings; each
+    further line one entry, a JSON object with an ``"output"`` path (a later line for the same output
+    wins). A log of other settings is started afresh by the first :meth:`append`."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / STATE_DIR / ENTRIES
+        self._lock = threading.Lock()
+        self._settings: object = None
+        self._continues = False     # the file on disk is a log of self._settings: append to it
+        self._needs_newline = False
+
+    def read(self, settings: object) -> dict[str, dict]:
+        """The entries logged under ``settings`` (JSON values), by output path; {} when there is no log,
+        it is unreadable, or it is of other settings. Lines torn by a crash are skipped. Later
+        :meth:`append` calls log under ``settings``."""
+        self._settings, self._continues = settings, False
+        try:
+            text = self.path.read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return {}
+        lines = text.splitlines()
+        try:
+            head = json.loads(lines[0]) if lines else None
+        except ValueError:
+            head = None
+        if not isinstance(head, dict) or head.get("settings") != settings:
+            return {}
+        entries: dict[str, dict] = {}
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("output"), str):
+                entries[entry["output"]] = entry
+        self._continues = True
+        self._needs_newline = not text.endswith("\n")
+        return entries
+
+    def append(self, entry: dict) -> None:
+        """Log ``entry`` (a JSON object with an ``"output"`` path). Raises OSError (full disk)."""
+        with self._lock:
+            line = json.dumps(entry, ensure_ascii=False) + "\n"
+            if self._continues:
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                if self._needs_newline:
+                    line = "\n" + line
+            else:  # a new log: settings first
+                flags = os.O_WRONLY | os.O_TRUNC | os.O_CREAT
+                line = json.dumps({"settings": self._settings}, ensure_ascii=False) + "\n" + line
+            data = line.encode("utf-8")
+            fd = os.open(self.path, flags, 0o644)
+            try:
+                written = os.write(fd, data)
+            finally:
+                os.close(fd)
+            if written != len(data):  # a torn line: the next one starts on a line of its own
+                self._needs_newline = self._continues
+                raise OSError(errno.ENOSPC, "short write to the log of finished files")
+            self._continues, self._needs_newline = True, False
+
+    def remove(self) -> None:
+        """Drop the log (its entries are in a manifest now); best effort."""
+        with self._lock:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self._continues = False
+
+
 def _decodes(path: Path) -> bool:
     """True if Pillow can fully decode the image file at ``path``."""
     from PIL import Image
@@ -306,7 +389,7 @@ def remove_leftovers(out: Path, rels: Iterable[Path]) -> list[Path]:
             ours = (TEMP_PATTERN.fullmatch(name) is not None
                     or (legacy is not None and legacy.group(1) in names_by_folder.get(folder, ()))
                     or (name == "manifest.json.tmp" and folder == out)
-                    or (name == "search.pt.tmp" and folder == out / STATE_DIR))
+                    or (name in ("search.pt.tmp", "checkpoint.pt.tmp") and folder == out / STATE_DIR))
             try:
                 if ours and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)

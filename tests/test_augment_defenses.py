@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from unlearnable.data.defenses import cutmix, cutout, grayscale, mixed_cross_entropy, mixup
+from unlearnable.data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup
 
 
 def _x(b=8, seed=0):
