@@ -1,0 +1,95 @@
+"""Find every face in a photo: box, five landmarks and probability, with MTCNN.
+
+Detector: MTCNN (Zhang, Zhang, Li & Qiao, "Joint Face Detection and Alignment using Multi-task
+Cascaded Convolutional Networks", IEEE SPL 2016, arXiv:1604.02878) as implemented by
+``facenet_pytorch.MTCNN`` 2.5.3 (Tim Esler's port of davidsandberg/facenet's MTCNN). Its P-, R- and
+O-net weights ship inside the wheel (``facenet_pytorch/data/{pnet,rnet,onet}.pt``), so nothing is
+downloaded at run time.
+
+Defaults are facenet-pytorch's: ``min_face_size=20`` pixels, ``thresholds=(0.6, 0.7, 0.7)`` (P-, R-,
+O-net face probabilities), pyramid ``factor=0.709``; boxes are ordered largest first
+(``select_largest=True``). We always run with ``keep_all=True`` (every face, not one per photo) and
+use ``MTCNN.detect(..., landmarks=True)`` only (no crop extraction: alignment is ours, see
+``align.py``). Landmark order is MTCNN's: left eye, right eye, nose, left mouth corner, right mouth
+corner, "left" meaning smaller x in the image, as (x, y) pixel coordinates with pixel centres on
+integers (the convention of the ArcFace template in ``align.py``).
+
+Deliberate choices (deviations from calling ``MTCNN.detect`` on a list):
+- facenet-pytorch batches only equal-size images (and checks a list of arrays by element count, not
+  shape), so photos are grouped by (H, W) and each group is passed as one stacked (B, H, W, 3) uint8
+  tensor, ``batch_size`` photos at a time to bound memory (a 12 MP photo is 144 MB as float32).
+- An image smaller than ``min_face_size`` on its short side cannot hold a face; facenet-pytorch would
+  fail on its empty scale pyramid, so it is answered with no faces without running the nets.
+- Runs on the CPU unless a device is given; no gradients. On one device and for one grouping of the
+  inputs the result is deterministic (the same call twice gives identical floats); a different batch
+  composition may change the last bits of the convolutions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+MIN_FACE_SIZE = 20                # facenet-pytorch's default, pixels
+THRESHOLDS = (0.6, 0.7, 0.7)      # facenet-pytorch's default P-, R-, O-net thresholds
+FACTOR = 0.709                    # facenet-pytorch's default pyramid scale factor
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face. ``box``: (4,) float64 [x1, y1, x2, y2] in pixels (may reach slightly outside
+    the image); ``landmarks``: (5, 2) float64 (x, y) of left eye, right eye, nose, left and right mouth
+    corners; ``prob``: the O-net face probability in [0, 1]."""
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    prob: float
+
+    @property
+    def size(self) -> float:
+        """The box's shorter side in pixels."""
+        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+
+def _check(image: np.ndarray, i: int) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image {i} must be an (H, W, 3) uint8 array, got {got}")
+
+
+def detect_faces(images: Sequence[np.ndarray], device: torch.device | str = "cpu",
+                 min_face_size: int = MIN_FACE_SIZE, thresholds: Sequence[float] = THRESHOLDS,
+                 factor: float = FACTOR, batch_size: int = 4) -> list[list[Face]]:
+    """Every face in every image. ``images``: (H, W, 3) uint8 RGB arrays of any sizes. Returns, per
+    image in input order, a list of ``Face`` (largest box first; empty when none). ``min_face_size``:
+    smallest face searched for, in pixels; ``thresholds``: P-, R-, O-net probabilities a candidate must
+    pass; ``batch_size``: most same-size images run through the nets at once."""
+    from facenet_pytorch import MTCNN
+
+    for i, image in enumerate(images):
+        _check(image, i)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    mtcnn = MTCNN(min_face_size=min_face_size, thresholds=list(thresholds), factor=factor,
+                  keep_all=True, select_largest=True, device=device).eval()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        if min(image.shape[:2]) >= min_face_size:
+            groups.setdefault(image.shape[:2], []).append(i)
+    found: list[list[Face]] = [[] for _ in images]
+    for members in groups.values():
+        for b0 in range(0, len(members), batch_size):
+            chunk = members[b0:b0 + batch_size]
+            batch = torch.from_numpy(np.stack([images[i] for i in chunk]))
+            with torch.inference_mode():
+                boxes, probs, points = mtcnn.detect(batch, landmarks=True)
+            for i, b, p, pts in zip(chunk, boxes, probs, points):
+                if b is None:
+                    continue
+                found[i] = [Face(box=np.asarray(b[k], dtype=np.float64),
+                                 landmarks=np.asarray(pts[k], dtype=np.float64).reshape(5, 2),
+                                 prob=float(p[k])) for k in range(len(b))]
+    return found
