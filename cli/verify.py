@@ -17,7 +17,8 @@ def verify_cmd(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="output folder for report.html, report.json and "
                                        "cells/ (default PROTECTED/verify; rerun the same command to resume)"),
     arch: str = typer.Option("resnet18", "--arch", help="victim architecture(s), comma-separated "
-                             "(see `unlearnable models`)"),
+                             "(see `unlearnable models`), or a graph victim: dgc-pixels, dgc-surrogate "
+                             "(a kNN graph over pixels or surrogate features, classified by DGC)"),
     defenses: str = typer.Option("standard", "--defenses", help="defenses to train through, comma-separated or "
                                  "'all': standard,at,awp,cas,apl,tcr,jpeg,grayscale,cutout,mixup,cutmix"),
     epochs: int = typer.Option(60, "--epochs", help="training epochs per victim (the paper's 60)"),

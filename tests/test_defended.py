@@ -308,3 +308,23 @@ def test_verify_squashes_clean_images_of_a_mixed_size_imagefolder_to_the_working
                        patterns_for=["none"], robust_images=0, val_share=0)
     report = verify_defenses(prot, tmp_path / "verify", cfg, "cpu")
     assert report["test_images"] == 8 and report["summary"][0]["protected"]["chosen_test_acc"] is not None
+
+
+def test_graph_victims_are_cells_of_the_matrix(protected, tmp_path):
+    """dgc-pixels / dgc-surrogate (a kNN graph classified by DGC, arXiv 2102.10739) run as victims:
+    one clean and one protected cell each, through the standard entry only, with a verdict row."""
+    prot, root = protected
+    cfg = MatrixConfig(archs=["dgc-pixels", "dgc-surrogate"], defenses=["standard", "grayscale"],
+                       train=TrainConfig(epochs=1, batch_size=50), robust_images=0,
+                       pattern=PatternConfig(max_steps=2))   # patterns asked for: a graph victim has none
+    seen = []
+    report = verify_defenses(prot, tmp_path / "verify", cfg, "cpu", root,
+                             on_event=lambda kind, info: kind == "model" and seen.append(info["key"]))
+    assert seen == ["dgc-pixels--standard--clean", "dgc-pixels--standard--protected",
+                    "dgc-surrogate--standard--clean", "dgc-surrogate--standard--protected"]
+    for cell in report["cells"]:
+        assert 0 <= cell["chosen_test_acc"] <= 1 and cell["graph"]["nodes"] == cell["train_images"] + report["test_images"]
+        assert cell["recipe"]["extractor"] == ("pixels" if cell["arch"] == "dgc-pixels" else "smallcnn-cifar10")
+    assert [r["arch"] for r in report["summary"]] == ["dgc-pixels", "dgc-surrogate"]
+    assert all(r["verdict"] in ("holds", "broken", "inconclusive", "no verdict") for r in report["summary"])
+    assert (tmp_path / "verify" / "report.html").exists()

@@ -511,13 +511,17 @@ def test_ctrl_c_says_rerun_resumes_and_the_rerun_does(album, tmp_path, monkeypat
     def ctrl_c_during_second(*args):  # a real SIGINT, delivered to the main thread as Ctrl-C is
         calls.append(1)
         if len(calls) == 2:
-            # to the main thread itself: a process-directed kill() from this worker thread may be taken
-            # by the worker, and the main thread then sees it only after every photo is done (seen on CI)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         return real(*args)
 
+    # Python's own Ctrl-C handler, as an interactive shell gives it: a job started in the background
+    # (`cmd &`, nohup) inherits SIGINT ignored, and this test would then see no Ctrl-C at all
     monkeypatch.setattr(protect, "_protect_one", ctrl_c_during_second)
-    r = _protect(album, out)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = _protect(album, out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert r.exit_code == 130, r.output
     assert r.output.strip().startswith("interrupted") and "rerun the same command to resume" in _said(r)
     assert "Traceback" not in r.output and _temps(out) == []

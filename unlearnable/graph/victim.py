@@ -145,11 +145,22 @@ def graph_victim(train_images: torch.Tensor, train_labels: torch.Tensor, test_im
     src, dst = edges
     return {
         "test_acc": accuracy(model, x[n:], y_test), "train_acc": accuracy(model, x[:n], y_train),
+        "train_loss": _loss(model, x[:n], y_train),
         "nodes": n + m, "train_nodes": n, "test_nodes": m, "edges": int(edges.shape[1]) // 2,
         "homophily": float((labels[src] == labels[dst]).float().mean()),
         "cross_edges": float(((src < n) != (dst < n)).float().mean()),
         "seconds": times, "config": asdict(cfg), "device": str(dev),
     }
+
+
+@torch.no_grad()
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of the trained classifier on its training nodes."""
+    was = model.training
+    model.eval()
+    loss = float(F.cross_entropy(model(x), y))
+    model.train(was)
+    return loss
 
 
 __all__ = ["GraphVictimConfig", "embed", "knn_graph", "graph_victim"]

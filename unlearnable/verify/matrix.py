@@ -219,7 +219,8 @@ def clean_cells(dataset: str, indices, out_dir: str | os.PathLike, config: Matri
     tr_idx, val_idx = split_validation(clean.labels, cfg.val_share, cfg.train.seed)
     train_set, val_set = clean.subset(tr_idx), (clean.subset(val_idx) if len(val_idx) else None)
     data_id = {"indices": _indices_id(idx), **({"size": size} if size else {})}
-    plan = [(a, d) for a in cfg.archs for d in cfg.defenses if d not in cfg.patterns_for]
+    plan = [(a, d) for a in cfg.archs for d in cfg.defenses if d not in cfg.patterns_for
+            and (a not in GRAPH_VICTIMS or d == "standard")]
     recs = []
     for i, (arch, defense) in enumerate(plan):
         key = cell_key(arch, defense, "clean")
@@ -292,7 +293,10 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
     """Train one cell (also usable alone, e.g. on clean or label-noisy data) with the defense's
     recipe (``defense_train_config``); returns (JSON record, tensors for the report: pattern
     images, the trained model). ``val_set``: the held-out validation part of the same training
-    data, on which the epoch is chosen. Patterns need ``canvases`` and ``pattern_set``."""
+    data, on which the epoch is chosen. Patterns need ``canvases`` and ``pattern_set``. A graph victim
+    (``GRAPH_VICTIMS``) has no model to return (None)."""
+    if arch in GRAPH_VICTIMS:
+        return run_graph_cell(arch, defense, data_name, train_set, test_set, cfg, device)
     tc = defense_train_config(cfg, defense)
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], tc.seed, device)
     ctx = DefenseContext(model, len(train_set), train_set.num_classes, dataset, tc.epochs, tc.grad_clip, tc.seed,
@@ -331,6 +335,38 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
                                         "mean_predictive_power": float(power.mean())}
     rec["seconds_total"] = time.perf_counter() - t0
     return rec, tensors, model
+
+
+# Victims that are not trained by SGD on pixels: a kNN graph over frozen features, classified
+# transductively by DGC (``unlearnable.graph.victim``); the value names the feature extractor.
+GRAPH_VICTIMS = {"dgc-pixels": None, "dgc-surrogate": "smallcnn-cifar10"}
+
+
+def run_graph_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, test_set: ImageTensors,
+                   cfg: MatrixConfig, device: torch.device) -> tuple[dict, dict, None]:
+    """One graph-victim cell: the training images (protected or clean) and the clean test images in one
+    kNN graph, DGC propagation, a linear classifier on the training nodes (arXiv 2102.10739). It has
+    no epochs and trains through no defense: its record is a one-epoch run scored on the test images,
+    with the graph's statistics under ``graph``. ``dgc-surrogate`` embeds with the shipped surrogate,
+    which was trained on clean CIFAR-10 (so it has seen clean versions of CIFAR training images)."""
+    from ..graph.victim import GraphVictimConfig, graph_victim
+    from ..train.surrogate import load_surrogate
+
+    if defense != "standard":
+        raise UnlearnableError(f"the graph victim {arch} trains through no defense (got {defense!r})")
+    name = GRAPH_VICTIMS[arch]
+    extractor = load_surrogate(name, device)[0] if name else None
+    gcfg = GraphVictimConfig(seed=cfg.train.seed)
+    t0 = time.perf_counter()
+    res = graph_victim(train_set.images, train_set.labels, test_set.images, test_set.labels, extractor, gcfg,
+                       device)
+    seconds = time.perf_counter() - t0
+    history = [EpochRecord(epoch=1, lr=gcfg.lr, train_loss=res["train_loss"], train_acc=res["train_acc"],
+                           test_loss=None, test_acc=res["test_acc"], seconds=seconds)]
+    rec = summarize_run(arch, data_name, history, seconds)
+    rec.update(defense=defense, robust_acc=None, recipe={"graph_victim": asdict(gcfg), "extractor": name or "pixels"},
+               train_images=len(train_set), val_images=0, graph=res, seconds_total=seconds)
+    return rec, {}, None
 
 
 def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike, config: MatrixConfig | None = None,
@@ -374,7 +410,8 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
                                                           "final_surrogate_acc", "rounds")},
                "indices": _indices_id(protected.meta["indices"]), **({"size": size} if size else {})}
     cells, tensors, missing = [], {}, []
-    plan = [(a, d, s) for a in cfg.archs for d in cfg.defenses for s in sets]
+    plan = [(a, d, s) for a in cfg.archs for d in cfg.defenses for s in sets
+            if a not in GRAPH_VICTIMS or d == "standard"]
     for i, (arch, defense, data_name) in enumerate(plan):
         key = cell_key(arch, defense, data_name)
         fp = _cell_fingerprint(cfg, arch, defense, data_name, dataset, data_id)
