@@ -79,6 +79,7 @@ class DefenseContext:
     tcr_warmup_epochs: int = 1    # label-only epochs before TCR calibrates (paper: 1)
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
     awp_gamma: float = 1e-2       # AWP's relative weight-perturbation size (AT-AWP: 1e-2; TRADES-AWP: 5e-3)
+    input_shape: tuple[int, int, int] = (3, 32, 32)   # (C, H, W) of one training image (CAS probes the model with it)
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,7 @@ def _awp(c: DefenseContext) -> StepFn:
 
 
 def _cas(c: DefenseContext) -> StepFn:
-    return CASStep(attach_cas(c.model, input_shape=_input_shape(c.model)), _at(c), grad_clip=c.grad_clip)
-
-
-def _input_shape(model: nn.Module) -> tuple[int, int, int]:
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    return (conv.in_channels, 32, 32)
+    return CASStep(attach_cas(c.model, input_shape=c.input_shape), _at(c), grad_clip=c.grad_clip)
 
 
 def _apl(c: DefenseContext) -> StepFn:

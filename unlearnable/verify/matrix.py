@@ -301,7 +301,8 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], tc.seed, device)
     ctx = DefenseContext(model, len(train_set), train_set.num_classes, dataset, tc.epochs, tc.grad_clip, tc.seed,
                          cfg.at_eps, cfg.at_steps, cfg.at_alpha, cfg.tcr_warmup_epochs,
-                         torch.Generator().manual_seed(tc.seed + 1), cfg.awp_gamma)
+                         torch.Generator().manual_seed(tc.seed + 1), cfg.awp_gamma,
+                         tuple(train_set.images.shape[1:]))
     step = build_step(defense, ctx)
     t0 = time.perf_counter()
     history = train(model, train_set, test_set, tc, step=step, on_epoch=on_epoch, on_batch=on_batch,
