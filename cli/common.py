@@ -15,7 +15,7 @@ from unlearnable.errors import UnlearnableError
 console = Console(stderr=True)   # progress, notices, errors
 out = Console()                  # results (tables)
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class Verbosity:

@@ -23,7 +23,6 @@ from dataclasses import asdict
 from typing import Callable
 
 Event = Callable[[str, dict], None]
-KINDS = ("notice", "phase", "progress", "round", "model", "epoch")
 
 
 def emitter(on_event: Event | None) -> Event:
