@@ -38,6 +38,17 @@ def protect_cmd(
     workers: int = typer.Option(2, "--workers", help="threads decoding and encoding photos"),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="measure PSNR/SSIM of every written file "
                                  "(--no-metrics: skip, faster on big photos)"),
+    faces: bool = typer.Option(False, "--faces/--whole-photos", help="protect the faces: find every face (MTCNN), "
+                               "one pattern per person (subfolder) on the aligned face, pasted back at full size"),
+    no_face: str = typer.Option("skip", "--no-face", help="with --faces, a photo without a face: skip (not "
+                                "written, listed in the manifest) or whole (its person's pattern over the whole "
+                                "photo)"),
+    face_weights: Optional[Path] = typer.Option(None, "--face-weights", help="with --faces: a facenet-pytorch "
+                                                "Inception-ResNet-v1 state dict you have (e.g. the VGGFace2 file) "
+                                                "as the surrogate; needs --reference DIR of other people's faces. "
+                                                "Nothing is downloaded"),
+    detect_side: int = typer.Option(1024, "--detect-side", help="with --faces: detect on a copy at most this "
+                                    "many pixels on its long side (faces under ~20 pixels there are missed)"),
     seed: int = SEED,
     data_root: Optional[Path] = DATA_ROOT,
     device: str = DEVICE,
@@ -57,7 +68,9 @@ def protect_cmd(
                                          seed=seed)
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
                                  surrogate=surrogate, reference=reference, quality=quality, keep_gps=keep_gps,
-                                 max_megapixels=max_megapixels, workers=workers, metrics=metrics,
+                                 max_megapixels=max_megapixels, workers=workers, metrics=metrics, faces=faces,
+                                 no_face=no_face, detect_side=detect_side,
+                                 face_weights=str(face_weights) if face_weights else None,
                                  data_root=str(data_root) if data_root else None, device=device)
         with Reporter("reading photos") as on_event:
             manifest = protect_photos(inputs, out, cfg, on_event)
@@ -69,14 +82,21 @@ def _render(manifest: dict, out: Path, manifest_name: str) -> None:
     table = Table(title=f"protected photos -> {out} (noise budget ε = {manifest['eps_255']:.3g}/255)",
                   caption="PSNR, SSIM and max Δ compare the written file as decoded (what a scraper gets) with the "
                           "original; JPEG/WebP compression adds to the noise, so max Δ can exceed ε")
-    for col in ("photo", "size", "class", "status", "PSNR dB", "SSIM", "max Δ written"):
+    faces = manifest["settings"].get("faces", False)
+    for col in ("photo", "size", "class", "status") + (("faces",) if faces else ()) + ("PSNR dB", "SSIM",
+                                                                                     "max Δ written"):
         table.add_column(col)
     for e in images:
         ok = e.get("status") == "ok"
-        status = ("resumed" if e.get("resumed") else "ok" + (" (class pattern reused)"
-                  if e.get("pattern") == "class-reused" else "")) if ok else f"[red]{e.get('error', e.get('status'))}[/]"
+        if e.get("status") == "skipped":
+            status = "[yellow]no face: not written[/]"
+        else:
+            status = ("resumed" if e.get("resumed") else "ok" + (" (class pattern reused)" if e.get("pattern") ==
+                      "class-reused" else "")) if ok else f"[red]{e.get('error', e.get('status'))}[/]"
+        found = (f"{len(e['faces'])}" + (f" ({sum(f['small'] for f in e['faces'])} small)"
+                                         if any(f["small"] for f in e["faces"]) else "")) if "faces" in e else ""
         table.add_row(e["output"], f"{e['width']}×{e['height']}" if ok else "", e.get("class", e.get("label", "")),
-                      status, f"{e['psnr']:.1f}" if ok and e.get("psnr") is not None else "",
+                      status, *((found,) if faces else ()), f"{e['psnr']:.1f}" if ok and e.get("psnr") is not None else "",
                       f"{e['ssim']:.4f}" if ok and e.get("ssim") is not None else "",
                       f"{e['max_change_levels']}/{65535 if e.get('bit_depth') == 16 else 255}"
                       if ok and "max_change_levels" in e else "")
@@ -97,6 +117,11 @@ def _render(manifest: dict, out: Path, manifest_name: str) -> None:
     if s.get("class_pattern_reused"):
         console.print(f"{s['class_pattern_reused']} photo(s) added since the search got their class's stored pattern "
                       f"({', '.join(reused)}): a class keeps one pattern. To search again, use a new output folder.")
+    if faces:
+        face_q = (f"; on the faces mean PSNR {s['mean_face_psnr']:.1f} dB, SSIM {s['mean_face_ssim']:.4f}"
+                  if s.get("mean_face_ssim") is not None else "")
+        console.print(f"{s['faces']} face(s) protected ({s['small_faces']} small: under 40 pixels, protected weakly)"
+                      f", {s['no_face']} photo(s) without a face{face_q}")
     if manifest["skipped_files"]:
         console.print(f"skipped {len(manifest['skipped_files'])} non-photo files (listed in the manifest)")
     if manifest.get("manifest_error"):

@@ -106,6 +106,9 @@ def verify_photos_cmd(
     size: int = typer.Option(32, "--size", help="the scraper's training resolution"),
     jpeg_quality: int = typer.Option(75, "--jpeg-quality", help="the scraper's JPEG re-encode quality (0: none)"),
     eps: float = typer.Option(8.0, "--eps", help=EPS_HELP),
+    faces: bool = typer.Option(False, "--faces", help="protect the faces (protect --faces) and scrape as a face "
+                               "scraper does (detect, align); --reference is then a folder of other people's "
+                               "aligned faces, one subfolder per person (train/ and test/ inside, or training only)"),
     seed: int = SEED,
     data_root: Optional[Path] = DATA_ROOT,
     device: str = DEVICE,
@@ -125,12 +128,12 @@ def verify_photos_cmd(
     with user_errors():
         root = str(data_root) if data_root else None
         protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=parse_epsilon(eps), seed=seed),
-                                     data_root=root, device=device)
+                                     faces=faces, data_root=root, device=device)
         cfg = PhotoVerifyConfig(holdout=holdout, reference=reference, reference_per_class=reference_per_class,
                                 exclude_classes=tuple(split(exclude_class or "")), size=size,
                                 jpeg_quality=jpeg_quality or None, arch=arch,
                                 train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                                protect=protect, seed=seed, data_root=root, device=device)
+                                protect=protect, faces=faces, seed=seed, data_root=root, device=device)
         with Reporter("preparing") as on_event:
             report = verify_photo_folder(folder, out, cfg, on_event)
     table = Table(title=f"{report['held_out_clean']} held-out clean photos of {folder}: "

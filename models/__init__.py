@@ -17,6 +17,7 @@ from typing import Callable
 
 from torch import nn
 
+from .facenet import InceptionResnetV1Classifier
 from .heads import Classifier, add_classes
 from .resnet import ResNet, resnet18
 from .small_cnn import SmallCNN, small_cnn
@@ -33,6 +34,8 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "wrn16-4": (lambda nc, ic: WideResNet(16, 4, nc, ic), "Wide ResNet 16-4 (2.7M params)"),
     "wrn34-10": (lambda nc, ic: WideResNet(34, 10, nc, ic), "Wide ResNet 34-10, the robustness papers' net (46M params)"),
     "wrn16-1": (lambda nc, ic: WideResNet(16, 1, nc, ic), "Wide ResNet 16-1, for CPU runs (0.2M params)"),
+    "inception-resnet-v1": (lambda nc, ic: InceptionResnetV1Classifier(nc, ic),
+                            "FaceNet's face recogniser (facenet-pytorch), faces >= 75 px (23M params)"),
 }
 
 
@@ -50,4 +53,5 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
     return factory(num_classes, in_channels)
 
 
-__all__ = ["Classifier", "add_classes", "create_model", "list_models", "ResNet", "SmallCNN", "VGG", "WideResNet"]
+__all__ = ["Classifier", "InceptionResnetV1Classifier", "add_classes", "create_model", "list_models", "ResNet",
+           "SmallCNN", "VGG", "WideResNet"]

@@ -34,7 +34,7 @@ def test_wrn_activation_modules_add_no_state():
     assert isinstance(net.get_submodule("act"), torch.nn.ReLU) and isinstance(net.blocks[-1].act1, torch.nn.ReLU)
 
 
-@pytest.mark.parametrize("name", list(list_models()))
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "inception-resnet-v1"])
 def test_every_model_has_the_timm_api(name):
     """forward = forward_head(forward_features), pre-logits are the classifier's input, the classifier
     can be reset and grown by classes (the photo search appends its classes this way)."""
@@ -68,3 +68,41 @@ def test_every_model_has_the_timm_api(name):
         net.reset_classifier(4)
         assert net.forward_head(feats).shape == (2, 4) and net.get_classifier().out_features == 4
         assert net.get_classifier().weight.dtype == clf.weight.dtype and list(net.state_dict()) == keys
+
+
+def test_inception_resnet_v1_has_the_head_api_and_reads_facenet_state_dicts(tmp_path):
+    """The face recogniser: forward = head(embedding), grown by classes like the others; a facenet-pytorch
+    state dict (its own classifier 'logits.*' ignored) loads; a missing or foreign file is one clear error."""
+    from unlearnable.models.facenet import load_face_weights
+
+    torch.manual_seed(0)
+    net = create_model("inception-resnet-v1", num_classes=4).eval()
+    x = torch.rand(2, 3, 80, 80)
+    with torch.no_grad():
+        logits = net(x)
+        pre = net.forward_head(net.forward_features(x), pre_logits=True)
+        assert logits.shape == (2, 4) and pre.shape == (2, net.num_features)
+        assert torch.equal(net.get_classifier()(pre), logits)
+        assert add_classes(net, 3)(x).shape == (2, 7)
+    with pytest.raises(ValueError, match="at least 75x75"):
+        net(torch.rand(1, 3, 32, 32))
+
+    from facenet_pytorch import InceptionResnetV1
+    torch.manual_seed(1)
+    theirs = InceptionResnetV1(classify=True, num_classes=9).eval()       # a stand-in for the VGGFace2 file
+    path = tmp_path / "vggface2.pt"
+    torch.save(theirs.state_dict(), path)
+    assert load_face_weights(net, path) == ["logits.bias", "logits.weight"]
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(net.forward_head(net.forward_features(x), pre_logits=True))
+        theirs.classify = False
+        torch.testing.assert_close(ref, theirs((x * 255 - 127.5) / 128), rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(FileNotFoundError, match="face weights not found: .*nope.pt"):
+        load_face_weights(net, tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable torch state dict"):
+        load_face_weights(net, tmp_path / "junk.pt")
+    torch.save(create_model("smallcnn").state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an Inception-ResNet-v1 state dict"):
+        load_face_weights(net, tmp_path / "other.pt")

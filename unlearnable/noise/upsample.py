@@ -38,6 +38,7 @@ EPS_TOLERANCE = 1e-6  # float32 rounding of a δ that was projected onto [-ε, �
 def apply_noise(pixels: np.ndarray, delta: torch.Tensor, strip: int = 256,
                 eps: float | None = None) -> tuple[np.ndarray, int]:
     """Add δ ((3, S, S) float in pixel units [-ε, ε]) to ``pixels`` ((H, W, C) uint8 or uint16, C = 1 or 3).
+    A δ already at full size ((3, H, W), e.g. face noise pasted back) is added as it is.
 
     Grayscale photos get the channel mean of δ (the noise stays gray). Returns the perturbed pixels
     (same shape and dtype) and the largest per-pixel change in integer levels. With ``eps`` given, a δ
@@ -55,13 +56,18 @@ def apply_noise(pixels: np.ndarray, delta: torch.Tensor, strip: int = 256,
     d = delta.float()
     if c == 1:
         d = d.mean(0, keepdim=True)
-    a_h = bilinear_matrix(h, d.shape[-2])
-    right = torch.einsum("cst,wt->csw", d, bilinear_matrix(w, d.shape[-1])) * max_level  # (C, S, W)
+    full = tuple(d.shape[-2:]) == (h, w)
+    if not full:
+        a_h = bilinear_matrix(h, d.shape[-2])
+        right = torch.einsum("cst,wt->csw", d, bilinear_matrix(w, d.shape[-1])) * max_level  # (C, S, W)
     out = np.empty_like(pixels)
     worst = 0
     for r0 in range(0, h, strip):
         r1 = min(h, r0 + strip)
-        noise = torch.einsum("hs,csw->hwc", a_h[r0:r1], right)                       # (rows, W, C)
+        if full:
+            noise = d[:, r0:r1].permute(1, 2, 0) * max_level
+        else:
+            noise = torch.einsum("hs,csw->hwc", a_h[r0:r1], right)                   # (rows, W, C)
         src = torch.from_numpy(pixels[r0:r1].astype(np.float32))
         res = (src + noise).round_().clamp_(0, max_level)
         worst = max(worst, int((res - src).abs().max()))

@@ -5,6 +5,7 @@
   filter, a random resized crop (scale and aspect jitter, shift) and horizontal flip done with one
   ``affine_grid``/``grid_sample``, then a simulated JPEG re-encode at a random quality. Minimising
   the loss over random views makes the noise survive the real pipeline rather than one fixed view.
+- ``FACE_VIEW``: the same view with the mild jitter of a face scraper's re-alignment.
 - ``scraper_pipeline``: the non-differentiable pipeline that verification applies to whole photo
   files: squash-resize with antialiasing to training size, then a real JPEG re-encode (Pillow).
 """
@@ -31,6 +32,12 @@ class ViewConfig:
     flip: bool = True
     jpeg_prob: float = 0.5        # share of views re-encoded as JPEG
     jpeg_quality: tuple[int, int] = (50, 95)
+
+
+# A face scraper re-detects and re-aligns every face to the same template, so the crop it trains on is
+# the aligned crop up to detector jitter, rescaling and JPEG: a *mild* random resized crop (side 85-100 %,
+# aspect within 10 %), flip, JPEG 50-95 on half of the views (out_size is set to the surrogate's input).
+FACE_VIEW = ViewConfig(out_size=32, min_scale=0.85, max_aspect=1.1, flip=True, jpeg_prob=0.5, jpeg_quality=(50, 95))
 
 
 def scraper_view(z: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> torch.Tensor:

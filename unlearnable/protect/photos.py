@@ -50,7 +50,7 @@ import torch
 
 from .. import __version__
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
-from ..data.photos.decode import read_photo, read_preview
+from ..data.photos.decode import read_photo, read_preview, to_rgb8
 from ..data.photos.encode import write_photo
 from ..data.photos.files import PhotoFile, UsageError, discover
 from ..data.photos.outdir import STATE_DIR, EntryLog, Journal, OutputLock, check_inside, remove_leftovers, state_dir
@@ -61,12 +61,17 @@ from ..device import resolve_device
 from ..errors import UnlearnableError
 from ..eval.quality import max_abs_difference, psnr, ssim, ssim_defined
 from ..events import Event, emitter
+from ..faces.align import CROP_SIZE, fit_similarity
+from ..faces.detect import detect_faces
+from ..faces.noise import SMALL_FACE, aligned_crops, face_noise, paste_faces
+from ..faces.surrogate import face_surrogate
 from ..noise.minmin import MinMinConfig
 from ..noise.problems import photo_noise
 from ..noise.upsample import EPS_TOLERANCE, apply_noise
-from ..noise.views import ViewConfig
+from ..noise.views import FACE_VIEW, ViewConfig
 from ..train.surrogate import DEFAULT_NAME, load_reference, load_surrogate
 
+NO_FACE_RULES = ("skip", "whole")
 MANIFEST = "manifest.json"
 STATE = "search.pt"
 FORMAT = "unlearnable-protected-photos/1"
@@ -79,6 +84,12 @@ MEASURED = {
                          "decoded (what a scraper gets; JPEG/lossy WebP/HEIF compression adds to the noise)",
     "psnr_ssim": "PSNR (dB) and SSIM (Wang et al. 2004, 11x11 Gaussian window) of the written file as decoded "
                  "against the original as decoded; SSIM is null below 11x11 pixels, both null with --no-metrics",
+}
+MEASURED_FACES = {
+    "faces": "every face MTCNN found (box [x1, y1, x2, y2] and size in full-size pixels, probability); each got "
+             "its person's pattern through the inverse alignment; 'small' faces (box under 40 pixels) are "
+             "protected but weakly: a scraper upsamples them",
+    "face_psnr_ssim": "PSNR/SSIM of the written file against the original on each face's box (clipped to the photo)",
 }
 
 
@@ -101,6 +112,10 @@ class PhotoProtectConfig:
     max_megapixels: float = 150.0
     workers: int = 2                # threads decoding/encoding photos (Pillow releases the GIL)
     metrics: bool = True            # PSNR/SSIM of every written file against its original
+    faces: bool = False             # protect the faces: one pattern per person on aligned crops (unlearnable.faces)
+    no_face: str = "skip"           # faces mode, photo without a face: "skip" (not written) or "whole"
+    detect_side: int = 1024         # faces mode: detect on a copy at most this many pixels on its long side
+    face_weights: str | None = None  # faces mode: a facenet-pytorch state dict -> Inception-ResNet-v1 surrogate
     data_root: str | None = None
     device: str = "auto"
 
@@ -112,7 +127,14 @@ class PhotoProtectConfig:
             ("workers", self.workers, self.workers >= 1, ">= 1"),
             ("quality", self.quality, 1 <= self.quality <= 100, "in 1..100"),
             ("reference per class", self.reference_per_class, self.reference_per_class >= 1, ">= 1"),
+            ("no-face rule", self.no_face, self.no_face in NO_FACE_RULES, " or ".join(NO_FACE_RULES)),
+            ("detection side", self.detect_side, self.detect_side >= 64, ">= 64"),
         ) if not ok]
+        if self.faces and self.view == ViewConfig():  # the photo views are the default: take the face views
+            self.view = FACE_VIEW
+        if self.faces and (self.search.mode != "classwise" or self.label_free):
+            bad.append("--faces protects one pattern per person: it needs --mode classwise and folder labels "
+                       "(not --label-free)")
         if bad:
             raise UsageError("; ".join(bad))
 
@@ -121,7 +143,15 @@ class PhotoProtectConfig:
         s = asdict(self)
         for k in ("workers", "metrics", "device", "data_root", "max_megapixels"):
             s.pop(k)
+        if not self.faces:  # settings of photo mode stay what they were before faces existed
+            for k in ("faces", "no_face", "detect_side", "face_weights"):
+                s.pop(k)
         return s
+
+    @property
+    def pattern_size(self) -> int:
+        """Side of the stored patterns: the aligned face crop with ``faces``, else ``work_size``."""
+        return CROP_SIZE if self.faces else self.work_size
 
 
 def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -144,7 +174,10 @@ def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     photos, skipped = discover([Path(p) for p in inputs], out, unreadable, include_refused=True)
     check_inside(out, [p.rel for p in photos])
     dev = resolve_device(cfg.device)
-    surrogate, smeta = load_surrogate(cfg.surrogate, dev)
+    if cfg.faces and cfg.face_weights:
+        surrogate, smeta = face_surrogate(cfg.face_weights, cfg.reference, dev)
+    else:
+        surrogate, smeta = load_surrogate(cfg.surrogate, dev)
     # read-only checks first, so that a refusal leaves nothing behind
     journal = Journal(out)
     _survey(out, journal)
@@ -218,7 +251,8 @@ class _Run:
         self.photos, self.skipped, self.unreadable = photos, skipped, unreadable
         self.settings = json.loads(json.dumps(cfg.fingerprint()))  # as it reads back from the manifest
         self.noise_settings = {k: v for k, v in self.settings.items() if k not in ("quality", "keep_gps")}
-        self.weights_file = Path(cfg.surrogate) if str(cfg.surrogate).endswith(".pt") else None
+        self.weights_file = (Path(cfg.face_weights) if cfg.faces and cfg.face_weights else
+                             Path(cfg.surrogate) if str(cfg.surrogate).endswith(".pt") else None)
         self.manifest_error: str | None = None
         self.entries: dict[str, dict] = {}
         self.log = EntryLog(out)
@@ -259,6 +293,9 @@ class _Run:
         todo = []
         for p, h in readable:
             rel, n = p.rel.as_posix(), noise.get(p.rel.as_posix())
+            if n is None and cfg.faces and "status" not in self.entries[rel]:
+                self.entries[rel].update(status="skipped", faces=[], reason="no face found (in no photo of its "
+                                         "class either, so there is no pattern to give it)")
             if n is None:
                 continue  # its preview failed: already an error entry
             self.entries[rel]["class"] = n.label
@@ -330,7 +367,11 @@ class _Run:
             def wants(p: PhotoFile, h: str) -> bool:
                 return h not in at
         max_px = int(cfg.max_megapixels * 1e6)
-        scanned = _parallel(lambda p: _scan(p, wants, cfg.work_size, max_px), self.photos, cfg.workers)
+        if cfg.faces:  # the aligned crops of its faces
+            preview: Callable = lambda path, data: _face_crops(path, max_px, data, cfg.detect_side)  # noqa: E731
+        else:
+            preview = lambda path, data: read_preview(path, cfg.work_size, max_px, data)  # noqa: E731
+        scanned = _parallel(lambda p: _scan(p, wants, preview), self.photos, cfg.workers)
         readable: list[tuple[PhotoFile, str]] = []
         need = []
         for p, (h, err, preview) in zip(self.photos, scanned):
@@ -379,6 +420,8 @@ class _Run:
             to_search = previews
         if to_search:
             state, searched_now = self.search(to_search, state, labels, surrogate)
+            if state is None:  # faces mode, and not one face in any photo
+                return {}
             at = {h: i for i, h in enumerate(state["hashes"])}
             classes = list(state["classes"])
         self.search_info["phase_seconds"]["search"] = time.perf_counter() - t_search
@@ -411,6 +454,8 @@ class _Run:
                surrogate) -> tuple[dict, dict]:
         """Search the noise of ``ready`` and merge it into ``state`` (a new one if None); save it."""
         cfg = self.cfg
+        if cfg.faces:
+            return self.search_faces(ready, state, labels, surrogate)
         x = _stack([a for _, _, a in ready])
         centroids = state["centroids"] if state else None
         if cfg.label_free and state is None:
@@ -425,16 +470,46 @@ class _Run:
             on_progress=lambda phase, d, t: self.emit("progress", {"phase": f"searching noise ({phase})", "done": d,
                                                                    "total": t}),
             view=cfg.view, reference_batch=cfg.reference_batch, photo_batch=cfg.photo_batch)
+        return self.merge(state, ready, local, y, delta, history, centroids)
+
+    def search_faces(self, ready: list[tuple[PhotoFile, str, torch.Tensor]], state: dict | None,
+                     labels: dict[str, str], surrogate) -> tuple[dict, dict]:
+        """Faces mode: one pattern per person (class) on the aligned crops of its photos' faces. Classes
+        none of whose photos has a face get no pattern (their photos follow the no-face rule)."""
+        cfg = self.cfg
+        local = sorted({labels[p.rel.as_posix()] for p, _, c in ready if len(c)})
+        crops = [c for p, _, c in ready if len(c)]
+        people = [local.index(labels[p.rel.as_posix()]) for p, _, c in ready if len(c) for _ in range(len(c))]
+        if not local:
+            return state, None
+        delta, history = face_noise(
+            torch.cat(crops), torch.tensor(people), len(local), surrogate, _load_reference(cfg, self.smeta),
+            cfg.search, view=cfg.view,
+            on_round=lambda r: self.emit("round", asdict(r)),
+            on_progress=lambda phase, d, t: self.emit("progress", {"phase": f"searching noise ({phase})",
+                                                                   "done": d, "total": t}),
+            reference_batch=cfg.reference_batch, photo_batch=cfg.photo_batch)
+        searched = [(p, h, c) for p, h, c in ready if labels[p.rel.as_posix()] in local]
+        y = torch.tensor([local.index(labels[p.rel.as_posix()]) for p, _, _ in searched], dtype=torch.long)
+        return self.merge(state, searched, local, y, delta, history, None, faces=len(people))
+
+    def merge(self, state: dict | None, ready: list, local: list[str], y: torch.Tensor, delta: torch.Tensor,
+              history: list, centroids, faces: int | None = None) -> tuple[dict, dict]:
+        """Take a search's patterns (``delta``, rows = ``local`` classes or ``ready`` photos) into ``state``
+        (a new one if None) and save it."""
+        cfg = self.cfg
         hashes = [h for _, h, _ in ready]
         record = {"classes": local, "photos": len(ready), "rounds": len(history),
                   "seconds": sum(r.seconds for r in history), "history": [asdict(r) for r in history]}
+        if faces is not None:
+            record["faces"] = faces
         if state is None:
             state = {"format": STATE_FORMAT, "settings": self.noise_settings, "mode": cfg.search.mode,
                      "classes": [], "patterns": delta[:0], "hashes": [],
                      "photo_class": torch.zeros(0, dtype=torch.long),
                      "centroids": centroids, "searches": []}
         classes = list(state["classes"]) + [c for c in local if c not in state["classes"]]
-        glob = torch.tensor([classes.index(c) for c in local])
+        glob = torch.tensor([classes.index(c) for c in local], dtype=torch.long)
         state = dict(state, classes=classes, patterns=torch.cat([state["patterns"], delta]),
                      hashes=list(state["hashes"]) + hashes,
                      photo_class=torch.cat([state["photo_class"], glob[y]]),
@@ -500,6 +575,13 @@ class _Run:
             "noise_max_levels": max((e.get("noise_max_levels", 0) for e in ok if "noise_max_levels" in e), default=0),
             "wall_seconds": time.perf_counter() - self.t_start,
         }
+        if self.cfg.faces:
+            found = [f for e in ok for f in e.get("faces", [])]
+            summary.update(faces=len(found), small_faces=sum(f["small"] for f in found),
+                           no_face=sum(e.get("status") == "skipped" or (e.get("status") == "ok" and not e.get("faces"))
+                                       for e in images),
+                           mean_face_ssim=_mean([f["ssim"] for f in found]),
+                           mean_face_psnr=_mean([f["psnr"] for f in found]))
         cfg, smeta = self.cfg, self.smeta
         manifest = {
             "format": FORMAT, "tool": "unlearnable", "version": __version__, "torch": str(torch.__version__),
@@ -508,7 +590,8 @@ class _Run:
                           "test_accuracy": smeta.get("test_accuracy"),
                           "file": str(self.weights_file) if self.weights_file else f"(shipped) {smeta.get('name')}"},
             "seed": cfg.search.seed, "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
-            "measured": MEASURED, "settings": self.settings, "search": self.search_info, "summary": summary,
+            "measured": {**MEASURED, **(MEASURED_FACES if cfg.faces else {})}, "settings": self.settings,
+            "search": self.search_info, "summary": summary,
             "images": images, "unreadable": [{"path": str(p), "error": r} for p, r in self.unreadable],
             "skipped_files": [{"path": str(p), "reason": r} for p, r in self.skipped],
         }
@@ -532,7 +615,7 @@ def _check_state(blob, settings: dict, cfg: PhotoProtectConfig) -> str | None:
     if blob.get("settings") != settings:
         return "made with other settings"
     pat, classes, hashes, pc = blob["patterns"], blob["classes"], blob["hashes"], blob["photo_class"]
-    s = cfg.work_size
+    s = cfg.pattern_size
     if not (isinstance(pat, torch.Tensor) and pat.dtype == torch.float32 and pat.ndim == 4
             and tuple(pat.shape[1:]) == (3, s, s)):
         return f"patterns are not float32 (K, 3, {s}, {s})"
@@ -583,7 +666,19 @@ def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: Phot
     photo, sha = _read_input(p.path, max_px, cfg.keep_gps)
     if sha != in_hash:
         raise PhotoError("the file changed while it was being protected; run again")
-    pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps)
+    faces = None
+    if not cfg.faces:
+        pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps)
+    else:
+        faces = _faces_of(photo.pixels, cfg.detect_side)[0]
+        if faces:
+            m = fit_similarity(np.stack([f.landmarks for f in faces]))
+            pixels, noise_levels, _ = paste_faces(photo.pixels, n.delta.expand(len(faces), -1, -1, -1), m,
+                                                  cfg.search.eps)
+        elif cfg.no_face == "skip":
+            return {"status": "skipped", "faces": [], "reason": "no face found (--no-face skip: not written)"}
+        else:  # "whole": the person's pattern stretched over the whole photo
+            pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps)
     rel = p.rel.as_posix()
     written = write_photo(out / p.rel, photo, pixels, quality=cfg.quality, may_replace=journal.owns,
                           before_rename=lambda sha: journal.remember(rel, sha))
@@ -605,7 +700,26 @@ def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: Phot
             entry["ssim"] = ssim(photo.pixels, written.pixels, data_range=max_level)
         else:
             notes.append(f"SSIM not computed: it needs at least 11x11 pixels, this photo is {w}x{h}")
+    if faces is not None:
+        entry["faces"] = [_face_entry(f, photo.pixels, written.pixels, max_level, cfg.metrics) for f in faces]
+        if not faces:
+            notes.append("no face found: the person's pattern was spread over the whole photo (--no-face whole)")
     return entry
+
+
+def _face_entry(face, before: np.ndarray, after: np.ndarray, max_level: float, metrics: bool) -> dict:
+    """A found face in the manifest: box, size, probability, whether it is small, PSNR/SSIM on its box."""
+    h, w = before.shape[:2]
+    x0, y0 = max(0, int(np.floor(face.box[0]))), max(0, int(np.floor(face.box[1])))
+    x1, y1 = min(w, int(np.ceil(face.box[2])) + 1), min(h, int(np.ceil(face.box[3])) + 1)
+    e = {"box": [round(float(v), 1) for v in face.box], "size": round(face.size, 1), "prob": round(face.prob, 4),
+         "small": face.size < SMALL_FACE, "psnr": None, "ssim": None}
+    if metrics and x1 > x0 and y1 > y0:
+        a, b = before[y0:y1, x0:x1], after[y0:y1, x0:x1]
+        value = psnr(a, b, data_range=max_level)
+        e["psnr"] = value if np.isfinite(value) else None
+        e["ssim"] = ssim(a, b, data_range=max_level) if ssim_defined(y1 - y0, x1 - x0) else None
+    return e
 
 
 def _hash_input(path: Path) -> tuple[str, bytes | None]:
@@ -617,17 +731,30 @@ def _hash_input(path: Path) -> tuple[str, bytes | None]:
     return sha, data
 
 
-def _scan(p: PhotoFile, wants: Callable[[PhotoFile, str], bool], size: int, max_px: int
+def _scan(p: PhotoFile, wants: Callable[[PhotoFile, str], bool], preview: Callable
           ) -> tuple[str | None, str | None, tuple[np.ndarray | None, str | None] | None]:
     """(sha256, error, preview) of one photo: ``preview`` is None when ``wants(p, sha256)`` is False,
-    else ``(array, None)`` or ``(None, error)``. The preview is decoded from the bytes that were hashed."""
+    else ``(preview(path, bytes), None)`` or ``(None, error)``: decoded from the bytes that were hashed."""
     got, err = _safe(_hash_input, p.path)
     if err:
         return None, err, None
     sha, data = got
     if not wants(p, sha):
         return sha, None, None
-    return sha, None, _safe(read_preview, p.path, size, max_px, data)
+    return sha, None, _safe(preview, p.path, data)
+
+
+def _faces_of(pixels: np.ndarray, detect_side: int) -> tuple[list, np.ndarray]:
+    """(faces found by MTCNN, the RGB uint8 view they were found on) of decoded ``pixels``."""
+    rgb = to_rgb8(pixels)
+    return detect_faces([rgb], max_side=detect_side)[0], rgb
+
+
+def _face_crops(path: Path, max_px: int, data: bytes | None, detect_side: int) -> torch.Tensor:
+    """The faces of one photo as aligned uint8 (F, 3, 112, 112) crops (F = 0 without a face)."""
+    photo = read_photo(path, max_pixels=max_px, data=data)
+    faces, rgb = _faces_of(photo.pixels, detect_side)
+    return aligned_crops(rgb, faces)[0]
 
 
 def _read_input(path: Path, max_px: int, keep_gps: bool) -> tuple[Photo, str]:

@@ -18,6 +18,15 @@ words, with the learning curves on the held-out photos and before/after thumbnai
 
 The reference dataset is loaded and checked before anything is protected or written, so a
 missing dataset fails in one line without leaving a half-done output folder.
+
+Faces (``faces=True``, ``verify-photos --faces``): the folder's photos are protected with
+``protect --faces`` (one pattern per person), and the scraper is a face scraper
+(``unlearnable.verify.faces.scrape_faces``: MTCNN detection, the most confident face aligned to 112 ×
+112, then resized to ``size`` and JPEG re-encoded); photos where it finds no face are left out of
+training and testing (counted in the report). The reference is *other people*: a folder of aligned
+face crops, one subfolder per person (with ``train/`` and ``test/`` splits, or one folder used for
+training only), used as they are; its test split measures how well the victim recognises the
+unprotected identities (``reference_test_accuracy``).
 """
 from __future__ import annotations
 
@@ -35,12 +44,13 @@ from ..data.photos.decode import read_photo, to_rgb8
 from ..data.photos.files import discover
 from ..data.protected import write_json_atomic
 from ..device import resolve_device
-from ..errors import UnlearnableError
+from ..errors import DataNotFoundError, UnlearnableError
 from ..eval.summary import photo_verdict
 from ..events import Event, emitter, epoch_events
 from ..noise.views import scraper_pipeline
 from ..protect.photos import PhotoProtectConfig, protect_photos
 from ..train.loop import TrainConfig, build_model, evaluate, train
+from .faces import scrape_faces
 
 REPORT = "verify-photos.json"
 REPORT_HTML = "report.html"
@@ -58,6 +68,7 @@ class PhotoVerifyConfig:
     arch: str = "resnet18-narrow"           # victim architecture
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30))
     protect: PhotoProtectConfig = field(default_factory=PhotoProtectConfig)
+    faces: bool = False                     # face scraper (detect + align) and protect --faces; reference = faces
     seed: int = 0
     data_root: str | None = None
     device: str = "auto"
@@ -77,6 +88,26 @@ def split_holdout(labels: list[str], share: float, seed: int) -> tuple[list[int]
         held += idx[:n_hold]
         keep += idx[n_hold:]
     return sorted(keep), sorted(held)
+
+
+def _scraped_faces(paths: list[Path], size: int, quality: int | None) -> tuple[torch.Tensor, list[int]]:
+    """Photos through the face scraper -> uint8 (M, 3, size, size) crops and the indices of the photos
+    they came from (those where a face was found): detection and alignment, then resize and JPEG."""
+    crops, index = scrape_faces([to_rgb8(read_photo(p).pixels) for p in paths])
+    arrays = [scraper_pipeline(c.permute(1, 2, 0).numpy(), size, quality) for c in crops]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else \
+        torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return x, index
+
+
+def _per_class(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, first: int, n: int,
+               dev: torch.device) -> list[float]:
+    """Held-out accuracy of each of the folder's ``n`` classes (labels ``first`` .. ``first + n - 1``)."""
+    out = []
+    for k in range(first, first + n):
+        mask = labels == k
+        out.append(_accuracy(model, images[mask], labels[mask], dev) if bool(mask.any()) else float("nan"))
+    return out
 
 
 def _scraped(paths: list[Path], size: int, quality: int | None) -> torch.Tensor:
@@ -99,8 +130,15 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     out = Path(out_dir)
     t0 = time.perf_counter()
     # the reference data first: a missing or mismatched dataset must fail before anything is written
+    if cfg.faces and not cfg.protect.faces:
+        raise UnlearnableError("verify --faces needs the protection's faces mode (PhotoProtectConfig(faces=True))")
     ref_train = load_dataset(cfg.reference, "train", cfg.data_root, size=cfg.size)
-    ref_test = load_dataset(cfg.reference, "test", cfg.data_root, size=cfg.size)
+    try:
+        ref_test = load_dataset(cfg.reference, "test", cfg.data_root, size=cfg.size)
+    except DataNotFoundError:
+        if not cfg.faces:
+            raise
+        ref_test = ImageTensors(ref_train.images[:0], ref_train.labels[:0], ref_train.classes, "no test split")
     unknown = set(cfg.exclude_classes) - set(ref_train.classes)
     if unknown:
         raise UnlearnableError(f"{sorted(unknown)} not among {cfg.reference}'s classes {ref_train.classes}")
@@ -128,11 +166,27 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     if len(train_idx) < len(keep):
         emit("phase", {"name": f"{len(keep) - len(train_idx)} photos failed to protect and are left out"})
     classes = sorted(set(labels))
-    emit("phase", {"name": "scraping photos (resize, JPEG)"})
-    prot_x = _scraped([out / "protected" / photos[i].label / photos[i].path.name for i in train_idx],
-                      cfg.size, cfg.jpeg_quality)
-    clean_x = _scraped([photos[i].path for i in train_idx], cfg.size, cfg.jpeg_quality)
-    held_x = _scraped([photos[i].path for i in held], cfg.size, cfg.jpeg_quality)
+    emit("phase", {"name": "scraping photos (" + ("face detection and alignment, " if cfg.faces else "") +
+                   "resize, JPEG)"})
+    no_face = {}
+    if cfg.faces:  # a face scraper: photos where it finds no face are not used
+        prot_x, found = _scraped_faces([out / "protected" / photos[i].label / photos[i].path.name for i in train_idx],
+                                       cfg.size, cfg.jpeg_quality)
+        clean_x, found_clean = _scraped_faces([photos[i].path for i in train_idx], cfg.size, cfg.jpeg_quality)
+        both = sorted(set(found) & set(found_clean))
+        prot_x, clean_x = prot_x[[found.index(j) for j in both]], clean_x[[found_clean.index(j) for j in both]]
+        no_face["training"] = len(train_idx) - len(both)
+        train_idx = [train_idx[j] for j in both]
+        held_x, found_held = _scraped_faces([photos[i].path for i in held], cfg.size, cfg.jpeg_quality)
+        no_face["held_out"] = len(held) - len(found_held)
+        held = [held[j] for j in found_held]
+        if not train_idx or not held:
+            raise UnlearnableError("the face scraper found no face in the training or the held-out photos")
+    else:
+        prot_x = _scraped([out / "protected" / photos[i].label / photos[i].path.name for i in train_idx],
+                          cfg.size, cfg.jpeg_quality)
+        clean_x = _scraped([photos[i].path for i in train_idx], cfg.size, cfg.jpeg_quality)
+        held_x = _scraped([photos[i].path for i in held], cfg.size, cfg.jpeg_quality)
 
     kept_cls = [c for c in ref_train.classes if c not in cfg.exclude_classes]
     ref_train, ref_test = _keep_classes(ref_train, kept_cls), _keep_classes(ref_test, kept_cls)
@@ -160,6 +214,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
             "heldout_curve": [h.test_acc for h in hist], "train_curve": [h.train_acc for h in hist],
             "photo_train_accuracy": _accuracy(model, px, y_photo, dev),
             "reference_test_accuracy": _accuracy(model, ref_test.images, ref_test.labels, dev),
+            "heldout_per_class": _per_class(model, held_x, y_held, k_ref, len(classes), dev),
             "final_train_accuracy": hist[-1].train_acc, "train_seconds": sum(h.seconds for h in hist),
         })
     report = {
@@ -167,10 +222,15 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         "protected_for_training": len(train_idx), "held_out_clean": len(held),
         "held_out_files": [str(photos[i].path) for i in held],
         "reference": cfg.reference, "reference_classes": kept_cls, "reference_train_images": len(ref_train),
-        "scraper": {"size": cfg.size, "jpeg_quality": cfg.jpeg_quality, "augment": "random crop (pad 4) + flip"},
+        "scraper": {"size": cfg.size, "jpeg_quality": cfg.jpeg_quality, "augment": "random crop (pad 4) + flip",
+                    **({"faces": "MTCNN, most confident face, aligned to 112x112", "no_face_photos": no_face}
+                       if cfg.faces else {})},
         "victim": cfg.arch, "train": asdict(cfg.train), "device": str(dev),
         "protection": {"eps_255": manifest["eps_255"], "mean_psnr": manifest["summary"]["mean_psnr"],
-                       "mean_ssim": manifest["summary"]["mean_ssim"], "search": {
+                       "mean_ssim": manifest["summary"]["mean_ssim"],
+                       **({k: manifest["summary"][k] for k in ("faces", "small_faces", "no_face", "mean_face_psnr",
+                                                                 "mean_face_ssim")} if cfg.faces else {}),
+                       "search": {
                            k: manifest["search"].get(k) for k in ("rounds", "seconds")}},
         "runs": runs, "chance_heldout_accuracy": 1 / len(all_classes),
         "wall_seconds": time.perf_counter() - t0,
