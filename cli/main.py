@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import protect, protect_dataset, train, verify
+from . import attack, protect, protect_dataset, train, verify
 from .common import set_verbosity
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -40,6 +40,7 @@ app.command("verify-photos")(verify.verify_photos_cmd)
 app.command("train")(train.train_cmd)
 app.command("train-surrogate")(train.train_surrogate_cmd)
 app.command("models")(train.models_cmd)
+app.add_typer(attack.app, name="attack")
 
 
 def main() -> None:
