@@ -20,7 +20,8 @@ The reference dataset is loaded and checked before anything is protected or writ
 missing dataset fails in one line without leaving a half-done output folder.
 
 Faces (``faces=True``, ``verify-photos --faces``): the folder's photos are protected with
-``protect --faces`` (one pattern per person), and the scraper is a face scraper
+``protect --faces`` (one pattern per person; a ``protect`` config without ``faces`` measures the
+whole-photo mode against the same face scraper), and the scraper is a face scraper
 (``unlearnable.verify.faces.scrape_faces``: MTCNN detection, the most confident face aligned to 112 ×
 112, then resized to ``size`` and JPEG re-encoded); photos where it finds no face are left out of
 training and testing (counted in the report). The reference is *other people*: a folder of aligned
@@ -130,8 +131,6 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     out = Path(out_dir)
     t0 = time.perf_counter()
     # the reference data first: a missing or mismatched dataset must fail before anything is written
-    if cfg.faces and not cfg.protect.faces:
-        raise UnlearnableError("verify --faces needs the protection's faces mode (PhotoProtectConfig(faces=True))")
     ref_train = load_dataset(cfg.reference, "train", cfg.data_root, size=cfg.size)
     try:
         ref_test = load_dataset(cfg.reference, "test", cfg.data_root, size=cfg.size)
@@ -229,7 +228,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         "protection": {"eps_255": manifest["eps_255"], "mean_psnr": manifest["summary"]["mean_psnr"],
                        "mean_ssim": manifest["summary"]["mean_ssim"],
                        **({k: manifest["summary"][k] for k in ("faces", "small_faces", "no_face", "mean_face_psnr",
-                                                                 "mean_face_ssim")} if cfg.faces else {}),
+                                                                 "mean_face_ssim")} if cfg.protect.faces else {}),
                        "search": {
                            k: manifest["search"].get(k) for k in ("rounds", "seconds")}},
         "runs": runs, "chance_heldout_accuracy": 1 / len(all_classes),
