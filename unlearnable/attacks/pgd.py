@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import autocast
+from ..errors import UnlearnableError
 from .base import Attack, project
 
 __all__ = ["PGD", "project"]
@@ -33,16 +34,26 @@ class PGD(Attack):
     as the noise search needs: near 1 a bf16 input's spacing (2⁻⁸) exceeds a 0.8/255 step.
     ``clip_images=False`` projects onto the ε-ball only (a class-wise pattern shared by images:
     the pixel range is then enforced by ``transform`` or when the pattern is applied).
+    ``penalty`` (None: off, no extra op) is a term every step drives *down*, whichever way it moves
+    the loss: ``penalty(forward, images, delta, logits, labels)`` -> scalar, with ``forward(z)`` the
+    model's float logits under this attack's precision and ``logits`` those of x + δ (e.g. the
+    interaction penalty of ``unlearnable.attacks.interaction``); it needs the identity view.
     """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  random_start: bool = False, minimize: bool = False,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
                  generator: torch.Generator | None = None, amp: bool = True,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, clip_images: bool = True) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, clip_images: bool = True,
+                 penalty: Callable[..., torch.Tensor] | None = None) -> None:
         super().__init__(model, eps, alpha, steps)
         self.random_start, self.minimize, self.loss_fn, self.generator = random_start, minimize, loss_fn, generator
-        self.amp, self.transform, self.clip_images = amp, transform, clip_images
+        self.amp, self.transform, self.clip_images, self.penalty = amp, transform, clip_images, penalty
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's float logits (B, K) on ``z`` under this attack's precision (``amp``)."""
+        with autocast(z.device) if self.amp else nullcontext():
+            return self.model(z).float()
 
     def project(self, delta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """δ onto this attack's feasible set (see ``clip_images``)."""
@@ -57,6 +68,11 @@ class PGD(Attack):
         with autocast(images.device) if self.amp else nullcontext():
             logits = self.model(z)
         loss = self.loss_fn(logits.float(), labels)
+        if self.penalty is not None:
+            if self.transform is not None:
+                raise UnlearnableError("the attack's penalty is defined on the model's own input (no transform)")
+            pen = self.penalty(self.logits, images, delta, logits.float(), labels)
+            loss = loss + pen if self.minimize else loss - pen
         (grad,) = torch.autograd.grad(loss, delta)
         direction = -1.0 if self.minimize else 1.0
         return self.project(delta.detach() + direction * self.alpha * grad.sign(), images)

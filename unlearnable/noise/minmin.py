@@ -58,6 +58,19 @@ than the reference's loader order, and class-wise noise updates visit the whole 
 at every step; (4) checkpoint/resume after every round, bit-for-bit on CPU. The stopping
 criteria (``max_rounds``, ``stop_accuracy``) are not part of a checkpoint's identity: a run
 that hit its cap continues from its checkpoint when rerun with a higher cap or stricter target.
+
+Option, off by default (``interaction=None``: not an op, not a draw of the generator more):
+``MinMinConfig.interaction`` adds the interaction penalty of the IR transfer attack (Wang et al.,
+arXiv 2010.04055; ``unlearnable.attacks.interaction``) to every PGD step, so that the noise should
+hold on victims of other families than the surrogate. Sign and game: the paper finds that
+perturbations whose units *cooperate* (positive Shapley interaction of the game the perturbation
+pursues) are specific to the network they were made on, and penalises that interaction. Here the
+pursued game is the true-class margin v(S) = h_y − max_{c≠y} h_c on x + δ_S (the noise lowers the
+loss), so the penalty is +λ·Î of that margin, added to the loss the search descends: each unit's
+noise is pushed to raise the margin on its own, an additive pattern (the linearly separable kind
+of shortcut that makes such noise work, Yu et al. arXiv 2111.00898) rather than a combination
+this surrogate happens to respond to. Needs the identity view (datasets; not photos). Sets of
+units are drawn from the engine's generator, so a checkpointed run still resumes bit for bit.
 """
 from __future__ import annotations
 
@@ -72,6 +85,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks.interaction import InteractionPenalty, InteractionSettings
 from ..attacks.pgd import PGD
 from ..data.storage import settings_sha256, write_atomic
 from ..errors import UnlearnableError
@@ -102,6 +116,15 @@ class MinMinConfig:
     seed: int = 0
     min_rounds: int = 1                 # do not stop before this many rounds
     stop_loss: float | None = None      # also require the stop test's mean loss to be at most this
+    interaction: InteractionSettings | None = None   # IR penalty on the noise's unit interactions (module doc)
+
+    def settings(self) -> dict:
+        """The settings as a plain dict (manifests, fingerprints); an option that is off (``interaction``
+        None) is left out, so runs without it keep the identity they had before it existed."""
+        s = asdict(self)
+        if s["interaction"] is None:
+            del s["interaction"]
+        return s
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -219,7 +242,7 @@ CHECKPOINT_FORMAT = "unlearnable-minmin-checkpoint/2"
 
 
 def _fingerprint(cfg: MinMinConfig, problem: Problem, model: nn.Module) -> str:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in _STOPPING}
+    settings = {k: v for k, v in cfg.settings().items() if k not in _STOPPING}
     h = settings_sha256(settings)
     problem.fingerprint(h)
     h.update(type(model).__name__.encode())
@@ -386,8 +409,10 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
     at every step each sample steps from its class's δ and δ_y becomes the mean of the stepped
     copies in the batch, clipped to ±ε (perturbation.py ``universal_perturbation``)."""
     order = problem.round_order(pool, classwise, gen)
+    it = cfg.interaction
+    penalty = None if it is None else InteractionPenalty(it.lam, it.grid, it.cells, it.samples, True, gen)
     pgd = PGD(model, eps=cfg.eps, alpha=cfg.step_size, steps=1, minimize=True, loss_fn=problem.loss_fn,
-              amp=False, clip_images=problem.clip_patterns or not classwise)
+              amp=False, clip_images=problem.clip_patterns or not classwise, penalty=penalty)
     bs = cfg.batch_size
     batches = [order[b:b + bs] for b in range(0, len(order), bs)]
     total = cfg.steps * len(batches)

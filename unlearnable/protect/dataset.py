@@ -123,11 +123,11 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
     out = Path(out_dir)
     folder = imagefolder_root(dataset, "train")
     if folder is None:
-        settings = {"dataset": dataset, "arch": arch, "subset": subset, "minmin": asdict(cfg)}
+        settings = {"dataset": dataset, "arch": arch, "subset": subset, "minmin": cfg.settings()}
     else:
         _check_disjoint(Path(dataset), out)
         settings = {"dataset": str(Path(dataset).resolve()), "arch": arch, "subset": subset,
-                    "minmin": asdict(cfg), "work_size": work_size, "quality": int(quality)}
+                    "minmin": cfg.settings(), "work_size": work_size, "quality": int(quality)}
     if os.path.lexists(out / MANIFEST):
         try:
             manifest = read_manifest(out)

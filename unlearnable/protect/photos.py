@@ -141,6 +141,7 @@ class PhotoProtectConfig:
     def fingerprint(self) -> dict:
         """The settings that change the outputs (a rerun with other ones must not mix outputs)."""
         s = asdict(self)
+        s["search"] = self.search.settings()
         for k in ("workers", "metrics", "device", "data_root", "max_megapixels"):
             s.pop(k)
         if not self.faces:  # settings of photo mode stay what they were before faces existed

@@ -1,6 +1,7 @@
 """Saving a trained model: ``OUT.pt`` (its state dict) and ``OUT.json`` (its training record),
 each written atomically and checked (``unlearnable.data.storage``), never over an existing file:
-a model the user trained earlier, or any other file, is refused, not replaced."""
+a model the user trained earlier, or any other file, is refused, not replaced. ``load_trained``
+reads one back (``weights_only=True``) for the attacks that take a model file."""
 from __future__ import annotations
 
 import io
@@ -38,3 +39,28 @@ def save_trained(out: str | os.PathLike, model: nn.Module, record: dict) -> tupl
     write_atomic(weights, buf.getvalue(), may_replace=never)
     write_atomic(rec, json.dumps(record, indent=2).encode(), may_replace=never)
     return weights, rec
+
+
+def load_trained(path: str | os.PathLike, num_classes: int, in_channels: int,
+                 device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
+    """A model saved by ``unlearnable train -o OUT`` (``OUT.pt`` + ``OUT.json``; ``path`` is OUT or either
+    file): (the model in eval mode on ``device``, its architecture name). Raises ``UnlearnableError``
+    (one line) for a missing, unreadable or mismatched file."""
+    from .loop import build_model
+
+    weights, record = trained_paths(path)
+    for p in (weights, record):
+        if not p.is_file():
+            raise UnlearnableError(f"{p} not found: give the OUT of `unlearnable train -o OUT`")
+    try:
+        arch = json.loads(record.read_text())["arch"]
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UnlearnableError(f"cannot read the model {weights} / {record}: {e}".splitlines()[0]) from None
+    model = build_model(arch, num_classes, in_channels, 0, device)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise UnlearnableError(f"{weights} does not fit a {arch} with {num_classes} classes: {e}".splitlines()[0]) \
+            from None
+    return model.eval(), arch
