@@ -3,9 +3,9 @@
 attack on skeletons (``attacks_skeleton.py``), each with its own configuration of the same name.
 
 Usage: ``python3 benchmarks/attacks.py --config cpu [--parts transfer,blackbox,skeleton]``. ``cpu`` is
-sized for 2 cores (measured one part at a time on this project's shared 2-core machine: transfer
-1,664 s, black-box 685 s, skeleton 332 s wall under a load average of 8-13, i.e. well under the
-45-minute budget uncontended); ``gpu`` is each part's paper-scale configuration (never run here).
+sized for 2 cores (measured one part at a time on this project's 2-core machine while it was shared
+with other jobs, load average 8-13: transfer 1,664 s, black-box 685 s, skeleton 332 s wall, 45 minutes
+together; less on an idle machine); ``gpu`` is each part's paper-scale configuration (never run here).
 Run the parts one after another, never beside another torch job: the figures include timings.
 """
 from __future__ import annotations
