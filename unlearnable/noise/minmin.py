@@ -71,9 +71,16 @@ noise is pushed to raise the margin on its own, an additive pattern (the linearl
 of shortcut that makes such noise work, Yu et al. arXiv 2111.00898) rather than a combination
 this surrogate happens to respond to. Needs the identity view (datasets; not photos). Sets of
 units are drawn from the engine's generator, so a checkpointed run still resumes bit for bit.
+
+Option, off by default (``robust=None``: not an op, not a draw more): ``MinMinConfig.robust``
+makes the search robust error-minimising noise (REM, Fu et al., arXiv 2203.14533;
+``unlearnable.noise.robust``): the surrogate trains adversarially at radius ρ_a, each noise step's
+loss is taken at the worst case within ρ_a under sampled crops and flips, and the stop test scores
+that worst case. Same rounds, same sample-wise / class-wise rules; needs the identity view.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -90,6 +97,7 @@ from ..attacks.pgd import PGD
 from ..data.storage import settings_sha256, write_atomic
 from ..errors import UnlearnableError
 from ..train.loop import StandardStep
+from .robust import AdversarialSurrogateStep, RobustSettings, robust_noise_step, robust_score
 
 MODES = ("samplewise", "classwise")
 logger = logging.getLogger(__name__)
@@ -117,13 +125,15 @@ class MinMinConfig:
     min_rounds: int = 1                 # do not stop before this many rounds
     stop_loss: float | None = None      # also require the stop test's mean loss to be at most this
     interaction: InteractionSettings | None = None   # IR penalty on the noise's unit interactions (module doc)
+    robust: RobustSettings | None = None              # REM: adversarial surrogate and worst-case noise (module doc)
 
     def settings(self) -> dict:
-        """The settings as a plain dict (manifests, fingerprints); an option that is off (``interaction``
-        None) is left out, so runs without it keep the identity they had before it existed."""
+        """The settings as a plain dict (manifests, fingerprints); an option that is off (``interaction``,
+        ``robust`` None) is left out, so runs without it keep the identity they had before it existed."""
         s = asdict(self)
-        if s["interaction"] is None:
-            del s["interaction"]
+        for option in ("interaction", "robust"):
+            if s[option] is None:
+                del s[option]
         return s
 
     def __post_init__(self) -> None:
@@ -347,7 +357,8 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
                                 weight_decay=cfg.weight_decay)
     pool = problem.search_pool(classwise, cfg.classwise_portion, gen)
     delta = torch.zeros(((problem.num_groups if classwise else len(problem)),) + tuple(problem.shape), device=device)
-    train_step = StandardStep(grad_clip=cfg.grad_clip, amp=False)   # fp32 throughout: see module doc
+    train_step = (StandardStep(grad_clip=cfg.grad_clip, amp=False) if cfg.robust is None   # fp32: see module doc
+                  else AdversarialSurrogateStep(cfg.robust, cfg.grad_clip, gen))
     history: list[RoundLog] = []
     elapsed = 0.0
     ckpt = Path(checkpoint) if checkpoint else None
@@ -384,7 +395,10 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
         # 2) PGD that minimises the loss, steps outer and batches inner, the surrogate frozen
         delta = _search(surrogate, problem, cfg, delta, pool_dev, classwise, gen, on_progress)
         # 3) stop test: the surrogate on the perturbed search data, in fp32
-        acc, loss_val = problem.score(surrogate, delta_of, pool_dev, cfg.batch_size, gen)
+        if cfg.robust is None:
+            acc, loss_val = problem.score(surrogate, delta_of, pool_dev, cfg.batch_size, gen)
+        else:
+            acc, loss_val = robust_score(surrogate, problem, delta_of, pool_dev, cfg.batch_size, cfg.robust, gen)
         seconds = time.perf_counter() - t0
         elapsed += seconds
         log = RoundLog(len(history) + 1, acc, loss_val, seconds)
@@ -413,6 +427,8 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
     penalty = None if it is None else InteractionPenalty(it.lam, it.grid, it.cells, it.samples, True, gen)
     pgd = PGD(model, eps=cfg.eps, alpha=cfg.step_size, steps=1, minimize=True, loss_fn=problem.loss_fn,
               amp=False, clip_images=problem.clip_patterns or not classwise, penalty=penalty)
+    step = pgd.step if cfg.robust is None else functools.partial(robust_noise_step, pgd, settings=cfg.robust,
+                                                                   generator=gen)
     bs = cfg.batch_size
     batches = [order[b:b + bs] for b in range(0, len(order), bs)]
     total = cfg.steps * len(batches)
@@ -432,7 +448,7 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
                     d = delta[g]
                     if s == 0:
                         d = pgd.project(d, x)
-                    new = pgd.step(x, y, d)
+                    new = step(x, y, d)
                     onehot = F.one_hot(g, k).float()                  # (B, K)
                     sums = onehot.t() @ new.flatten(1)                # (K, CHW)
                     counts = onehot.sum(0)
@@ -443,7 +459,7 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
                     d = delta[idx]
                     if s == 0:
                         d = pgd.project(d, x)
-                    delta[idx] = pgd.step(x, y, d)
+                    delta[idx] = step(x, y, d)
                 if on_progress:
                     on_progress("search", s * len(batches) + b + 1, total)
     finally:
