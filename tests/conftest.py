@@ -51,3 +51,19 @@ def write_cifar10(root: Path, n_train: int = 200, n_test: int = 100, bytes_keys:
 @pytest.fixture
 def cifar_root(tmp_path: Path) -> Path:
     return write_cifar10(tmp_path / "data")
+
+
+def pre_option_fingerprint(cfg, problem, model) -> str:
+    """The engine's checkpoint identity as it was computed before the optional searches (interaction,
+    robust) existed: a run with both off must keep it."""
+    from dataclasses import asdict
+
+    from unlearnable.data.storage import settings_sha256
+    from unlearnable.noise.minmin import _STOPPING
+
+    old = {k: v for k, v in asdict(cfg).items() if k not in _STOPPING and k not in ("interaction", "robust")}
+    h = settings_sha256(old)
+    problem.fingerprint(h)
+    h.update(type(model).__name__.encode())
+    h.update(str(sum(p.numel() for p in model.parameters())).encode())
+    return h.hexdigest()[:16]

@@ -3,11 +3,11 @@ its PGD hook, the noise-search option and the transfer command."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import pytest
 import torch
 import typer
+from conftest import pre_option_fingerprint
 from torch import nn
 from typer.testing import CliRunner
 
@@ -150,8 +150,7 @@ def test_penalty_hook_is_driven_down_both_ways():
 
 def test_noise_search_option_off_keeps_the_checkpoint_identity_and_on_changes_the_noise(cifar_root):
     from unlearnable.data.datasets import load_dataset
-    from unlearnable.data.storage import settings_sha256
-    from unlearnable.noise.minmin import _STOPPING, MinMinConfig, _fingerprint, error_minimizing_noise
+    from unlearnable.noise.minmin import MinMinConfig, _fingerprint, error_minimizing_noise
     from unlearnable.noise.problems import DatasetProblem
     from unlearnable.train.loop import build_model
 
@@ -161,12 +160,7 @@ def test_noise_search_option_off_keeps_the_checkpoint_identity_and_on_changes_th
     # the fingerprint of a run without the option is the one computed before the option existed
     problem = DatasetProblem(data, off.batch_size)
     surrogate = build_model("vgg11-narrow", 10, 3, 0, "cpu")
-    old = {k: v for k, v in asdict(off).items() if k not in _STOPPING and k not in ("interaction", "robust")}
-    h = settings_sha256(old)
-    problem.fingerprint(h)
-    h.update(type(surrogate).__name__.encode())
-    h.update(str(sum(p.numel() for p in surrogate.parameters())).encode())
-    assert _fingerprint(off, problem, surrogate) == h.hexdigest()[:16]
+    assert _fingerprint(off, problem, surrogate) == pre_option_fingerprint(off, problem, surrogate)
 
     def noise(cfg):
         return error_minimizing_noise(build_model("vgg11-narrow", 10, 3, 0, "cpu"), data, cfg).delta
