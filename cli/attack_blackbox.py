@@ -32,13 +32,12 @@ def blackbox_cmd(
     device: str = DEVICE,
 ) -> None:
     """Black-box attack: success rate and queries per success of NP-Attack or NES on a model file."""
-    from unlearnable.attacks.np_attack import probe_blackbox, write_json
     from unlearnable.noise.budget import parse_epsilon
+    from unlearnable.verify.blackbox import probe_blackbox
 
     with user_errors():
         result = probe_blackbox(model, dataset, method, np_file, train_np, np_out, parse_epsilon(eps), max_queries,
-                                images, seed, data_root, device)
-        write_json(out, result)
+                                images, seed, data_root, device, out=out)
     s, cfg = result["summary"], result["settings"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     table = Table(title=f"{method} on {cfg['arch']}, {dataset}, ε = {cfg['eps'] * 255:.3g}/255, "

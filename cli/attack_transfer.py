@@ -34,8 +34,9 @@ def transfer_cmd(
 ) -> None:
     """Transfer attack: white-box and transfer success of PGD and of the interaction-reduced attack,
     side by side, with the measured interaction of both."""
-    from unlearnable.attacks.interaction import TransferConfig, transfer_from_files
+    from unlearnable.attacks.interaction import TransferConfig
     from unlearnable.noise.budget import parse_epsilon
+    from unlearnable.verify.transfer import transfer_from_files
 
     with user_errors():
         cfg = TransferConfig(eps=parse_epsilon(eps), alpha=step_size / 255, steps=steps, lam=lam, grid=grid,

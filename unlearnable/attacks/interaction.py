@@ -48,10 +48,8 @@ again drives the interaction of the pursued margin down (see ``unlearnable.noise
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -59,7 +57,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnlearnableError
-from ..train.weights import load_trained
 from .pgd import PGD
 
 GRID, CELLS, SAMPLES, LAMBDA = 16, 32, 32, 1.0   # the official code's grid, set size, sets per step, λ
@@ -299,37 +296,6 @@ def transfer_attack(surrogate: nn.Module, victims: Mapping[str, nn.Module], imag
     return result
 
 
-def transfer_from_files(surrogate: str | os.PathLike, victims: list[str | os.PathLike], dataset: str,
-                        config: TransferConfig | None = None, out: str | os.PathLike | None = None,
-                        data_root: str | os.PathLike | None = None, device: str = "auto",
-                        on_phase: Callable[[str], None] | None = None) -> dict:
-    """:func:`transfer_attack` on saved models and the test split of ``dataset``; the result (with
-    the model files and their architectures) is written to ``out`` as JSON when given."""
-    from ..data.datasets import load_dataset
-    from ..data.protected import write_json_atomic
-    from ..device import resolve_device
-    from ..train.loop import prepare_batch
-
-    if not victims:
-        raise UnlearnableError("give at least one victim model")
-    dev = resolve_device(device)
-    test = load_dataset(dataset, "test", data_root)
-    k, c = test.num_classes, test.images.shape[1]
-    sur, sur_arch = load_trained(surrogate, k, c, dev)
-    models, archs = {}, {}
-    for i, v in enumerate(victims):
-        model, arch = load_trained(v, k, c, dev)
-        name = Path(v).stem if Path(v).stem not in models else f"{Path(v).stem}-{i}"
-        models[name], archs[name] = model, arch
-    result = transfer_attack(sur, models, prepare_batch(test.images), test.labels, config, on_phase)
-    result.update(dataset=dataset, device=str(dev), surrogate={"file": str(surrogate), "arch": sur_arch},
-                  victim_files={n: {"file": str(v), "arch": archs[n]} for n, v in zip(models, victims)})
-    if out is not None:
-        write_json_atomic(result, Path(out))
-    return result
-
-
 __all__ = ["GRID", "CELLS", "SAMPLES", "LAMBDA", "unit_masks", "interaction_terms", "InteractionSettings",
            "InteractionPenalty",
-           "InteractionReducedPGD", "measure_interaction", "TransferConfig", "transfer_attack",
-           "transfer_from_files"]
+           "InteractionReducedPGD", "measure_interaction", "TransferConfig", "transfer_attack"]

@@ -40,19 +40,14 @@ broke; Fashion-MNIST at ε = 0.2, both broke all 100, NES with fewer queries (17
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Callable
-
 import torch
 
 from ..errors import UnlearnableError
 from ..models.neural_process import NeuralProcess
 from .base import project
-from .nes import NES, BlackBoxAttack, BlackBoxResult, Victim
+from .nes import BlackBoxAttack, BlackBoxResult, Victim
 
-__all__ = ["NPAttack", "SPACES", "correctly_classified", "probe_blackbox"]
+__all__ = ["NPAttack", "SPACES", "correctly_classified"]
 
 SPACES = ("r", "z", "rz")
 
@@ -158,67 +153,3 @@ def correctly_classified(victim: Victim, images: torch.Tensor, labels: torch.Ten
         if found >= n:
             break
     return torch.cat(keep)[:n] if keep else torch.zeros(0, dtype=torch.long)
-
-
-def probe_blackbox(model_path: str | os.PathLike, dataset: str, method: str = "np",
-                   np_path: str | os.PathLike | None = None, train_np_steps: int = 0,
-                   np_out: str | os.PathLike | None = None, eps: float = 8 / 255, max_queries: int = 2000,
-                   images: int = 100, seed: int = 0, data_root: str | os.PathLike | None = None,
-                   device: str = "auto", on_step: Callable[[int, int, float], None] | None = None) -> dict:
-    """Attack a saved model through queries only: the first ``images`` correctly classified test
-    images of ``dataset``, ``method`` "np" (NP-Attack with the NP in ``np_path``, or one trained here
-    for ``train_np_steps`` steps on the training split and saved to ``np_out`` if given) or "nes".
-    Returns a JSON-ready dict: settings, the summary (success rate, mean/median queries over the
-    successes) and per-image queries and success."""
-    from ..data.augment import to_float
-    from ..data.datasets import load_dataset
-    from ..device import resolve_device
-    from ..train.neural_process import NPTrainConfig, load_neural_process, save_neural_process, train_neural_process
-    from ..train.weights import load_trained
-
-    if method not in ("np", "nes"):
-        raise UnlearnableError(f"method must be np or nes, not {method!r}")
-    dev = resolve_device(device)
-    test = load_dataset(dataset, "test", data_root)
-    model, arch = load_trained(model_path, test.num_classes, test.images.shape[1], dev)
-    victim = lambda x: model(x.to(dev))  # noqa: E731 - the attack sees a function, not the model
-    x_all = to_float(test.images)
-    chosen = correctly_classified(victim, x_all, test.labels, images)
-    if len(chosen) == 0:
-        raise UnlearnableError("the model classifies none of the test images correctly: nothing to attack")
-    x, y = x_all[chosen], test.labels[chosen]
-    settings = {"method": method, "model": str(model_path), "arch": arch, "dataset": dataset,
-                "eps": eps, "max_queries": max_queries, "images": len(chosen), "seed": seed}
-    if method == "np":
-        if np_path is not None:
-            npm, np_record = load_neural_process(np_path, dev)
-            settings["np"] = str(np_path)
-        elif train_np_steps > 0:
-            train = load_dataset(dataset, "train", data_root)
-            npm, np_record = train_neural_process(train, NPTrainConfig(steps=train_np_steps, seed=seed),
-                                                  device=dev, on_step=on_step)
-            settings["np"] = "trained here"
-            if np_out is not None:
-                settings["np"] = str(save_neural_process(np_out, npm, np_record))
-        else:
-            raise UnlearnableError("NP-Attack needs an NP: give an NP file or a number of training steps")
-        attack = NPAttack(victim, npm, eps=eps, max_queries=max_queries, seed=seed)
-        settings.update(population=attack.population, lr=attack.lr, sigma=attack.sigma, space=attack.space,
-                        residual=attack.residual, np_record={k: v for k, v in np_record.items() if k != "train"})
-    else:
-        attack = NES(victim, eps=eps, max_queries=max_queries, seed=seed)
-        settings.update(samples=attack.samples, lr=attack.lr, sigma=attack.sigma)
-    result = attack(x, y)
-    return {"settings": settings, "summary": result.summary(), "test_indices": chosen.tolist(),
-            "queries": result.queries.tolist(), "success": result.success.tolist(),
-            "max_abs_perturbation": (result.adv_images - x).abs().max().item()}
-
-
-def write_json(path: str | os.PathLike, result: dict) -> Path:
-    """Write ``result`` as indented JSON through the atomic writer (an existing file is replaced)."""
-    from ..data.storage import write_atomic
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(result, indent=2).encode())
-    return path
