@@ -7,7 +7,7 @@ transfer success side by side with the mean measured interaction Î of both.
 The paper's claim: with the interaction penalty, examples made on one network transfer to other
 networks more often than plain PGD's (ImageNet, ResNet-34 source, ε 16/255, 100 steps).
 
-    python benchmarks/attacks_transfer.py [cpu|gpu|noise]      # prints one JSON
+    python benchmarks/attacks_transfer.py [cpu|gpu|noise [WORKDIR]]   # prints one JSON (WORKDIR: resumable searches)
 
 ``noise``: the product use (``MinMinConfig.interaction``) at a tiny scale, see :func:`run_noise`.
 
@@ -25,6 +25,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -81,11 +82,12 @@ def run(config: str = "cpu") -> dict:
             "wall_seconds": time.perf_counter() - t_start, "cpu_seconds": time.process_time() - cpu_start}
 
 
-NOISE = dict(subset=500, test=2000, surrogate="smallcnn", victims=("vgg11-narrow", "wrn16-1"), epochs=20,
-             steps=10, max_rounds=6, interaction=dict(lam=1.0, samples=2))
+NOISE = dict(subset=2000, test=2000, surrogate="smallcnn", victims=("smallcnn", "vgg11-narrow", "resnet18-narrow",
+                                                                    "wrn16-1"), epochs=20,
+             steps=20, max_rounds=25, interaction=dict(lam=1.0, samples=2))
 
 
-def run_noise() -> dict:
+def run_noise(work: str | None = None) -> dict:
     """The product use, at a tiny CPU scale: sample-wise error-minimising noise from SmallCNN with
     and without ``MinMinConfig.interaction`` (same seed, steps and round cap), victims of other
     families trained on each protected set and on the clean one; their clean test accuracy (lower:
@@ -110,7 +112,12 @@ def run_noise() -> dict:
         cfg = MinMinConfig(steps=c["steps"], max_rounds=c["max_rounds"], interaction=inter)
         sur = build_model(c["surrogate"], 10, 3, 0, "cpu")
         t0 = time.perf_counter()
-        res = error_minimizing_noise(sur, data, cfg)
+        ckpt = None if work is None else Path(work) / f"{arm}.pt"   # resumable searches
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+        res = error_minimizing_noise(sur, data, cfg, checkpoint=ckpt,
+                                     on_round=lambda r: print(f"  {arm} round {r.round}: {r.surrogate_acc:.4f} "
+                                                              f"({r.seconds:.0f}s)", file=sys.stderr, flush=True))
         x = prepare_batch(data.images)
         inter_m = measure_interaction(sur, x, res.delta, data.labels, samples=32, toward_label=True)
         arms[arm] = {"rounds": res.rounds, "converged": res.converged,
@@ -135,4 +142,4 @@ def run_noise() -> dict:
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-    print(json.dumps(run_noise() if which == "noise" else run(which), indent=2))
+    print(json.dumps(run_noise(*sys.argv[2:3]) if which == "noise" else run(which), indent=2))
