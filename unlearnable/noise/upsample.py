@@ -9,6 +9,8 @@ needs a few tens of MB on top of its own pixels, never a full float copy.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -36,14 +38,17 @@ EPS_TOLERANCE = 1e-6  # float32 rounding of a δ that was projected onto [-ε, �
 
 
 def apply_noise(pixels: np.ndarray, delta: torch.Tensor, strip: int = 256,
-                eps: float | None = None) -> tuple[np.ndarray, int]:
+                eps: float | None = None,
+                shape: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None) -> tuple[np.ndarray, int]:
     """Add δ ((3, S, S) float in pixel units [-ε, ε]) to ``pixels`` ((H, W, C) uint8 or uint16, C = 1 or 3).
     A δ already at full size ((3, H, W), e.g. face noise pasted back) is added as it is.
 
     Grayscale photos get the channel mean of δ (the noise stays gray). Returns the perturbed pixels
     (same shape and dtype) and the largest per-pixel change in integer levels. With ``eps`` given, a δ
     over budget (‖δ‖∞ > ε, e.g. loaded from a tampered file) or not finite raises ``ValueError``
-    before any pixel is touched."""
+    before any pixel is touched. ``shape(noise, r0, r1)`` (None: no op), e.g. the perceptual budget's
+    ``noise.perceptual.noise_shaper``, maps each strip of upsampled noise in levels, (rows, W, C) for
+    rows [r0, r1), to the noise added; it must not grow it (|shaped| ≤ ε · max level)."""
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ValueError(f"pixels must be (H, W, 1|3), got {pixels.shape}")
     if eps is not None:
@@ -68,6 +73,8 @@ def apply_noise(pixels: np.ndarray, delta: torch.Tensor, strip: int = 256,
             noise = d[:, r0:r1].permute(1, 2, 0) * max_level
         else:
             noise = torch.einsum("hs,csw->hwc", a_h[r0:r1], right)                   # (rows, W, C)
+        if shape is not None:
+            noise = shape(noise, r0, r1)
         src = torch.from_numpy(pixels[r0:r1].astype(np.float32))
         res = (src + noise).round_().clamp_(0, max_level)
         worst = max(worst, int((res - src).abs().max()))

@@ -25,10 +25,11 @@ Three phases, each resumable:
    input, pattern and output hashes still match are skipped.
 
 Reads of each input file: one in phase 1 (hash and preview), one in phase 3 (hash check and full
-decode); a file over ``storage.KEEP_IN_MEMORY`` (256 MiB) is not held in memory, so it is read once
-more in each phase where it is decoded. Photos resumed from an earlier run are read in phase 1 only.
-Holding every file's bytes from phase 1 to phase 3 would save a read but cost the whole album in
-memory during the search.
+decode); with ``perceptual`` one more in phase 2 for each photo searched (a 256-pixel preview for its
+JND mask, ``noise.perceptual.preview_masks``); a file over ``storage.KEEP_IN_MEMORY`` (256 MiB) is not
+held in memory, so it is read once more in each phase where it is decoded. Photos resumed from an
+earlier run are read in phase 1 only. Holding every file's bytes from phase 1 to phase 3 would save a
+read but cost the whole album in memory during the search.
 
 The output folder is guarded by ``outdir``: one run at a time (lock), no file the tool did not write
 is replaced (journal of written files; such a file makes the run refuse to start), no output through
@@ -36,6 +37,7 @@ a symbolic link out of OUT, and temp files of a killed run are removed on the ne
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -59,6 +61,7 @@ from ..data.pseudo_labels import nearest_cluster, pseudo_labels_with_centroids
 from ..data.storage import OutputError, read_hashed, sha256_bytes, sha256_file, write_atomic
 from ..device import resolve_device
 from ..errors import UnlearnableError
+from ..eval.blotch import blotch
 from ..eval.quality import max_abs_difference, psnr, ssim, ssim_defined
 from ..events import Event, emitter
 from ..faces.align import CROP_SIZE, fit_similarity
@@ -66,6 +69,7 @@ from ..faces.detect import detect_faces
 from ..faces.noise import SMALL_FACE, aligned_crops, face_noise, paste_faces
 from ..faces.surrogate import face_surrogate
 from ..noise.minmin import MinMinConfig
+from ..noise.perceptual import noise_shaper, perceptual_photo_noise, preview_masks, settings as perceptual_settings
 from ..noise.problems import photo_noise
 from ..noise.upsample import EPS_TOLERANCE, apply_noise
 from ..noise.views import FACE_VIEW, ViewConfig
@@ -84,6 +88,9 @@ MEASURED = {
                          "decoded (what a scraper gets; JPEG/lossy WebP/HEIF compression adds to the noise)",
     "psnr_ssim": "PSNR (dB) and SSIM (Wang et al. 2004, 11x11 Gaussian window) of the written file as decoded "
                  "against the original as decoded; SSIM is null below 11x11 pixels, both null with --no-metrics",
+    "blotch": "RMS (8-bit levels) of the written file's chroma change (blotch_luma: luma change), low-passed by a "
+              "9x9 box mean, over the flat pixels of the original (7x7 luma std < 3 levels; flat_share of the "
+              "photo): the smooth colour blotches PSNR/SSIM miss (unlearnable.eval.blotch); null without flat pixels",
 }
 MEASURED_FACES = {
     "faces": "every face MTCNN found (box [x1, y1, x2, y2] and size in full-size pixels, probability); each got "
@@ -116,6 +123,7 @@ class PhotoProtectConfig:
     no_face: str = "skip"           # faces mode, photo without a face: "skip" (not written) or "whole"
     detect_side: int = 1024         # faces mode: detect on a copy at most this many pixels on its long side
     face_weights: str | None = None  # faces mode: a facenet-pytorch state dict -> Inception-ResNet-v1 surrogate
+    perceptual: bool = False        # JND-shaped, luma-heavy noise, in the search too (unlearnable.noise.perceptual)
     data_root: str | None = None
     device: str = "auto"
 
@@ -135,6 +143,8 @@ class PhotoProtectConfig:
         if self.faces and (self.search.mode != "classwise" or self.label_free):
             bad.append("--faces protects one pattern per person: it needs --mode classwise and folder labels "
                        "(not --label-free)")
+        if self.faces and self.perceptual:
+            bad.append("--perceptual shapes whole-photo noise; it does not apply with --faces")
         if bad:
             raise UsageError("; ".join(bad))
 
@@ -147,6 +157,10 @@ class PhotoProtectConfig:
         if not self.faces:  # settings of photo mode stay what they were before faces existed
             for k in ("faces", "no_face", "detect_side", "face_weights"):
                 s.pop(k)
+        if self.perceptual:
+            s["perceptual"] = perceptual_settings()
+        else:  # settings without the perceptual budget stay what they were before it existed
+            s.pop("perceptual")
         return s
 
     @property
@@ -465,7 +479,12 @@ class _Run:
                 labels[p.rel.as_posix()] = names[k]
         local = sorted({labels[p.rel.as_posix()] for p, _, _ in ready})
         y = torch.tensor([local.index(labels[p.rel.as_posix()]) for p, _, _ in ready])
-        delta, history = photo_noise(
+        search = photo_noise
+        if cfg.perceptual:  # the JND masks enter the search (noise.perceptual.PerceptualProblem)
+            masks = preview_masks([p.path for p, _, _ in ready], cfg.work_size, cfg.search.eps,
+                                  int(cfg.max_megapixels * 1e6))
+            search = functools.partial(perceptual_photo_noise, masks=masks)
+        delta, history = search(
             x, y, len(local), surrogate, _load_reference(cfg, self.smeta), cfg.search,
             on_round=lambda r: self.emit("round", asdict(r)),
             on_progress=lambda phase, d, t: self.emit("progress", {"phase": f"searching noise ({phase})", "done": d,
@@ -571,6 +590,7 @@ class _Run:
             "unreadable": len(self.unreadable),
             "class_pattern_reused": sum(e.get("pattern") == "class-reused" for e in fresh),
             "mean_psnr": _mean([e.get("psnr") for e in ok]), "mean_ssim": _mean([e.get("ssim") for e in ok]),
+            "mean_blotch": _mean([e.get("blotch") for e in ok]),
             "max_change_levels": max((e.get("max_change_levels", 0) for e in ok), default=0),
             "max_change": max((e.get("max_change", 0.0) for e in ok), default=0.0),
             "noise_max_levels": max((e.get("noise_max_levels", 0) for e in ok if "noise_max_levels" in e), default=0),
@@ -669,7 +689,8 @@ def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: Phot
         raise PhotoError("the file changed while it was being protected; run again")
     faces = None
     if not cfg.faces:
-        pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps)
+        shape = noise_shaper(photo.pixels, cfg.search.eps) if cfg.perceptual else None
+        pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps, shape=shape)
     else:
         faces = _faces_of(photo.pixels, cfg.detect_side)[0]
         if faces:
@@ -701,6 +722,7 @@ def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: Phot
             entry["ssim"] = ssim(photo.pixels, written.pixels, data_range=max_level)
         else:
             notes.append(f"SSIM not computed: it needs at least 11x11 pixels, this photo is {w}x{h}")
+        entry.update(blotch(photo.pixels, written.pixels, data_range=max_level))
     if faces is not None:
         entry["faces"] = [_face_entry(f, photo.pixels, written.pixels, max_level, cfg.metrics) for f in faces]
         if not faces:
