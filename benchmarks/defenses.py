@@ -274,6 +274,15 @@ def main() -> int:
     for mode in ("samplewise", "classwise"):
         if mode not in parts:
             continue
+        mout = out / f"verify-{mode}"
+        if mode == "classwise" and (out / "verify-samplewise" / "cells").exists():
+            # clean cells without patterns are the same images and settings (their fingerprint does
+            # not depend on the protection): reuse the sample-wise ones before training any; a copied
+            # cell whose fingerprint does not fit (the standard cell, which has patterns) is retrained
+            (mout / "cells").mkdir(parents=True, exist_ok=True)
+            for f in (out / "verify-samplewise" / "cells").glob("*--clean.json"):
+                if not (mout / "cells" / f.name).exists():
+                    shutil.copy(f, mout / "cells" / f.name)
         if not args.finished_only:
             # the clean cells that do not depend on the protection first (same images, settings and
             # fingerprints, so the matrix below reuses them): the same work in a more useful order,
@@ -283,7 +292,6 @@ def main() -> int:
             clean_cells("cifar10", idx if idx is not None else range(len(src)), out / f"verify-{mode}",
                         matrix_config(c, [c["matrix_arch"]], defenses), str(dev), args.data_root,
                         on_event=log_event("clean "))
-        mout = out / f"verify-{mode}"
         if args.finished_only:
             try:
                 read_manifest(out / f"protected-{mode}")
@@ -292,12 +300,6 @@ def main() -> int:
                 continue
         prot = protected_dir(out, mode, c, args.data_root, dev)
         m = read_manifest(prot)
-        if mode == "classwise" and (out / "verify-samplewise" / "cells").exists():
-            # clean cells without patterns are the same images and settings: reuse them
-            (mout / "cells").mkdir(parents=True, exist_ok=True)
-            for f in (out / "verify-samplewise" / "cells").glob("*--clean.json"):
-                if not (mout / "cells" / f.name).exists():
-                    shutil.copy(f, mout / "cells" / f.name)
         report = matrix(prot, mout, [c["matrix_arch"]], defenses, c, args.data_root, dev,
                         only_finished=args.finished_only)
         result[mode] = {"rounds": m["rounds"], "converged": m["converged"],
