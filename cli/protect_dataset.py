@@ -40,6 +40,12 @@ def protect_dataset_cmd(
         None, "--robust-radius", help="robust error-minimizing noise (REM, arXiv 2203.14533) against adversarial "
         "training up to this radius in /255 units (paper: 4 with --steps 10 --step-size 1.6 --batch-size 128); "
         "each noise step costs about 55 plain ones (5 crop/flip samples × an 11-pass inner attack)"),
+    defense_aware: Optional[str] = typer.Option(
+        None, "--defense-aware", help="search through random views of the trainer's defenses: 'all' or a comma "
+        "list of standard, grayscale, jpeg (quality 10-50), cutout, resize, mixup, cutmix (after crop + flip)"),
+    structure: Optional[str] = typer.Option(
+        None, "--structure", help="keep the noise structured: luminance (same in R, G, B: grayscale keeps it), "
+        "lowpass (4 × 4 blocks; lowpass-K for K × K: JPEG keeps it), or luminance+lowpass"),
     seed: int = SEED,
     data_root: Optional[Path] = DATA_ROOT,
     device: str = DEVICE,
@@ -48,7 +54,9 @@ def protect_dataset_cmd(
     is written back under OUT/train/ with the same relative paths, names and formats. Exit code 0:
     done; 1: some images could not be written (listed; rerun to retry); 2: usage error; 130:
     interrupted (rerun the same command to resume)."""
+    from unlearnable.distributed import is_writer
     from unlearnable.noise.budget import parse_epsilon
+    from unlearnable.noise.defense_views import DefenseViewConfig
     from unlearnable.noise.minmin import MinMinConfig
     from unlearnable.noise.robust import RobustSettings
     from unlearnable.protect.dataset import OutputError, WriteFailures, protect_dataset
@@ -58,10 +66,14 @@ def protect_dataset_cmd(
         cfg = MinMinConfig(mode=mode, eps=parse_epsilon(eps), step_size=step_size / 255, steps=steps,
                            train_steps=train_steps, batch_size=batch_size, stop_accuracy=stop_accuracy,
                            max_rounds=max_rounds, classwise_portion=classwise_portion, seed=seed,
-                           robust=None if robust_radius is None else RobustSettings(radius=robust_radius / 255))
+                           robust=None if robust_radius is None else RobustSettings(radius=robust_radius / 255),
+                           structure=structure)
+        views = None if defense_aware is None else DefenseViewConfig.parse(defense_aware)
         with Reporter("round 1") as on_event:
             manifest = protect_dataset(dataset, out, cfg, arch, subset, data_root, device, on_event=on_event,
-                                       work_size=work_size, quality=quality)
+                                       work_size=work_size, quality=quality, defense_aware=views)
+    if not is_writer():                 # torchrun: rank 0 alone reports
+        return
     status = "converged" if manifest["converged"] else f"stopped at the {max_rounds}-round cap"
     console.print(f"[green]protected[/] {manifest['num_images']} images -> {out} "
                   f"({manifest['mode']}, ε={manifest['eps_255']:.3g}/255, {manifest['rounds']} rounds, {status}, "

@@ -44,6 +44,7 @@ def verify_cmd(
     held-out validation split, robust accuracy and class-wise patterns, in report.html +
     report.json. For a folder of your own photos use `unlearnable verify-photos`."""
     from unlearnable.data.protected import MANIFEST
+    from unlearnable.distributed import is_writer
     from unlearnable.errors import UnlearnableError
     from unlearnable.protect.dataset import CHECKPOINT
     from unlearnable.train.loop import TrainConfig
@@ -66,6 +67,8 @@ def verify_cmd(
                            **({} if paper_recipes else {"recipes": {}}))
         with Reporter("models") as on_event:
             report = verify_defenses(protected, out, cfg, device, data_root, on_event)
+    if not is_writer():                 # torchrun: rank 0 alone reports
+        return
     table = Table(title=f"clean test accuracy of victims trained on {report['dataset']} "
                         f"({report['mode']}, ε={report['eps'] * 255:.3g}/255)")
     for col in ("victim", "defense", "clean (chosen epoch)", "protected (chosen epoch)", "protected final",

@@ -55,13 +55,14 @@ def cifar_root(tmp_path: Path) -> Path:
 
 def pre_option_fingerprint(cfg, problem, model) -> str:
     """The engine's checkpoint identity as it was computed before the optional searches (interaction,
-    robust) existed: a run with both off must keep it."""
+    robust, structure) existed: a run with them off must keep it."""
     from dataclasses import asdict
 
     from unlearnable.data.storage import settings_sha256
     from unlearnable.noise.minmin import _STOPPING
 
-    old = {k: v for k, v in asdict(cfg).items() if k not in _STOPPING and k not in ("interaction", "robust")}
+    options = ("interaction", "robust", "structure")
+    old = {k: v for k, v in asdict(cfg).items() if k not in _STOPPING and k not in options}
     h = settings_sha256(old)
     problem.fingerprint(h)
     h.update(type(model).__name__.encode())

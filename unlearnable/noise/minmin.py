@@ -59,6 +59,10 @@ at every step; (4) checkpoint/resume after every round, bit-for-bit on CPU. The 
 criteria (``max_rounds``, ``stop_accuracy``) are not part of a checkpoint's identity: a run
 that hit its cap continues from its checkpoint when rerun with a higher cap or stricter target.
 
+Under torchrun the same loop runs on every rank, sharing the surrogate's batches (DDP), sample-wise δ
+(by rows) and class-wise updates (all-reduced); ``unlearnable.distributed`` says how, and within which
+tolerance of one process's result.
+
 Option, off by default (``interaction=None``: not an op, not a draw of the generator more):
 ``MinMinConfig.interaction`` adds the interaction penalty of the IR transfer attack (Wang et al.,
 arXiv 2010.04055; ``unlearnable.attacks.interaction``) to every PGD step, so that the noise should
@@ -77,6 +81,11 @@ makes the search robust error-minimising noise (REM, Fu et al., arXiv 2203.14533
 ``unlearnable.noise.robust``): the surrogate trains adversarially at radius ρ_a, each noise step's
 loss is taken at the worst case within ρ_a under sampled crops and flips, and the stop test scores
 that worst case. Same rounds, same sample-wise / class-wise rules; needs the identity view.
+
+Option, off by default (``structure=None``: not an op, not a draw more): ``MinMinConfig.structure``
+('luminance', 'lowpass', 'luminance+lowpass', ...) projects every stepped δ by a linear projection P
+that keeps the ε-ball (the noise in luminance only, or block-constant), then back onto the pixel
+range: noise that grayscale and JPEG keep (``unlearnable.noise.structure``).
 """
 from __future__ import annotations
 
@@ -92,12 +101,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..attacks.interaction import InteractionPenalty, InteractionSettings
 from ..attacks.pgd import PGD
 from ..data.storage import settings_sha256, write_atomic
 from ..errors import UnlearnableError
 from ..train.loop import StandardStep
 from .robust import AdversarialSurrogateStep, RobustSettings, robust_noise_step, robust_score
+from .structure import parse_structure, structured_step
 
 MODES = ("samplewise", "classwise")
 logger = logging.getLogger(__name__)
@@ -126,12 +137,13 @@ class MinMinConfig:
     stop_loss: float | None = None      # also require the stop test's mean loss to be at most this
     interaction: InteractionSettings | None = None   # IR penalty on the noise's unit interactions (module doc)
     robust: RobustSettings | None = None              # REM: adversarial surrogate and worst-case noise (module doc)
+    structure: str | None = None                      # P of every stepped δ: 'luminance', 'lowpass' (module doc)
 
     def settings(self) -> dict:
         """The settings as a plain dict (manifests, fingerprints); an option that is off (``interaction``,
         ``robust`` None) is left out, so runs without it keep the identity they had before it existed."""
         s = asdict(self)
-        for option in ("interaction", "robust"):
+        for option in ("interaction", "robust", "structure"):
             if s[option] is None:
                 del s[option]
         return s
@@ -151,6 +163,8 @@ class MinMinConfig:
             raise UnlearnableError("max_rounds, steps and batch_size must be >= 1, train_steps >= 0")
         if not 0 < self.classwise_portion <= 1:
             raise UnlearnableError("classwise_portion must be in (0, 1]")
+        if self.structure is not None:
+            self.structure = parse_structure(self.structure)
 
     @classmethod
     def for_photos(cls, **overrides) -> "MinMinConfig":
@@ -203,7 +217,8 @@ class Problem(Protocol):
     ``clip_patterns``: whether a class-wise δ, stepped from one sample, is projected onto that
     sample's pixel range before the class mean (the reference's rule for datasets) or only onto the
     ε-ball (a pattern shared by photos that differ, each clipped when it is applied).
-    ``loss_fn``: the loss PGD descends."""
+    ``loss_fn``: the loss PGD descends. Optional ``shardable`` (absent: False): whether the search may be
+    shared by torchrun's ranks (``unlearnable.distributed``)."""
 
     groups: torch.Tensor
     num_groups: int
@@ -352,18 +367,29 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
     cfg = config or MinMinConfig()
     device = next(surrogate.parameters()).device
     classwise = cfg.mode == "classwise"
+    dctx = distributed.current()        # under torchrun: this rank's share (``unlearnable.distributed``)
+    if dctx.active:
+        distributed.check_search(dctx, cfg, problem, cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.SGD(surrogate.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     pool = problem.search_pool(classwise, cfg.classwise_portion, gen)
-    delta = torch.zeros(((problem.num_groups if classwise else len(problem)),) + tuple(problem.shape), device=device)
+    # sample-wise: the rows of δ this rank holds and searches (one process: all of them)
+    ranges = dctx.row_ranges(len(problem), cfg.batch_size)
+    lo, hi = (0, len(problem)) if classwise else ranges[dctx.rank]
+    delta = torch.zeros(((problem.num_groups if classwise else hi - lo),) + tuple(problem.shape), device=device)
     train_step = (StandardStep(grad_clip=cfg.grad_clip, amp=False) if cfg.robust is None   # fp32: see module doc
                   else AdversarialSurrogateStep(cfg.robust, cfg.grad_clip, gen))
+    if dctx.active:
+        train_step = distributed.SurrogateStep(dctx, surrogate, cfg.grad_clip)
     history: list[RoundLog] = []
     elapsed = 0.0
     ckpt = Path(checkpoint) if checkpoint else None
     fp = _fingerprint(cfg, problem, surrogate)
     state = _read_checkpoint(ckpt, fp) if ckpt is not None and ckpt.exists() else None
+    sharded = state is not None and "delta_shards" in state
+    if state is not None and not classwise and (dctx.active or sharded):
+        state = distributed.load_rows(dctx, state, ckpt, (lo, hi), tuple(delta.shape), cfg.eps)
     if state is not None:
         try:
             _validate_state(state, surrogate, optimizer, delta, cfg.eps, gen.get_state())
@@ -379,23 +405,34 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
             elapsed = state["elapsed"]
 
     def delta_of(idx: torch.Tensor) -> torch.Tensor:
-        return delta[problem.groups[idx]] if classwise else delta[idx]
+        return delta[problem.groups[idx]] if classwise else delta[idx if lo == 0 else idx - lo]
+
+    def train_delta(idx: torch.Tensor) -> torch.Tensor:   # sharded: the batch's rows come from their ranks
+        return delta_of(idx) if classwise or not dctx.active else dctx.take_rows(delta, idx, lo)
 
     pool_dev = pool.to(device)
+    search_pool = score_pool = pool_dev
+    if dctx.active:                     # this rank's share of the search and of the stop test
+        search_pool = pool_dev if classwise else pool_dev[lo:hi]
+        a, b = dctx.row_ranges(len(pool_dev), cfg.batch_size)[dctx.rank]
+        score_pool = pool_dev[a:b]
     converged = bool(history) and cfg.stops(history[-1])
     while not converged and len(history) < cfg.max_rounds:
         t0 = time.perf_counter()
         # 1) a few SGD steps of the surrogate on the currently perturbed data
         surrogate.train()
         for j in range(cfg.train_steps):
-            x, y = problem.train_batch(delta_of, gen)
+            x, y = problem.train_batch(train_delta, gen)
             train_step(surrogate, optimizer, x, y)
             if on_progress:
                 on_progress("train", j + 1, cfg.train_steps)
         # 2) PGD that minimises the loss, steps outer and batches inner, the surrogate frozen
-        delta = _search(surrogate, problem, cfg, delta, pool_dev, classwise, gen, on_progress)
+        delta = _search(surrogate, problem, cfg, delta, search_pool, classwise, gen, on_progress, dctx, lo)
         # 3) stop test: the surrogate on the perturbed search data, in fp32
-        if cfg.robust is None:
+        if dctx.active:
+            acc, loss_val = distributed.shared_score(dctx, problem, surrogate, delta_of, score_pool, cfg.batch_size,
+                                                     gen)
+        elif cfg.robust is None:
             acc, loss_val = problem.score(surrogate, delta_of, pool_dev, cfg.batch_size, gen)
         else:
             acc, loss_val = robust_score(surrogate, problem, delta_of, pool_dev, cfg.batch_size, cfg.robust, gen)
@@ -407,21 +444,32 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
                     log.round, acc, loss_val, seconds)
         converged = cfg.stops(log)
         if ckpt is not None:
-            _atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model": surrogate.state_dict(),
-                          "optimizer": optimizer.state_dict(), "delta": delta.cpu(),
-                          "generator": gen.get_state(), "stream": problem.state(),
-                          "history": [asdict(h) for h in history], "elapsed": elapsed}, ckpt)
+            state = {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model": surrogate.state_dict(),
+                     "optimizer": optimizer.state_dict(), "delta": delta.cpu(),
+                     "generator": gen.get_state(), "stream": problem.state(),
+                     "history": [asdict(h) for h in history], "elapsed": elapsed}
+            if dctx.active or sharded:   # rows as shards, the rest by rank 0 (``distributed.save_checkpoint``)
+                distributed.save_checkpoint(dctx, state, ckpt, None if classwise or not dctx.active else ranges,
+                                            _atomic_save)
+            else:
+                _atomic_save(state, ckpt)
         if on_round:
             on_round(log)
+    if dctx.active and not classwise:   # δ gathered once, on rank 0; the others keep no δ (0 rows)
+        delta = dctx.gather_rows(delta, ranges)
     return MinMinResult(delta.detach().cpu(), cfg.mode, history, converged, elapsed)
 
 
 def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.Tensor, pool: torch.Tensor,
-            classwise: bool, gen: torch.Generator, on_progress) -> torch.Tensor:
+            classwise: bool, gen: torch.Generator, on_progress, dctx: distributed.Context = distributed.SINGLE,
+            offset: int = 0) -> torch.Tensor:
     """One round of the noise update: ``cfg.steps`` PGD steps over ``pool`` in batches. Each
     batch's δ is projected onto its feasible set before the first step (as PGD starts). Class-wise,
     at every step each sample steps from its class's δ and δ_y becomes the mean of the stepped
-    copies in the batch, clipped to ±ε (perturbation.py ``universal_perturbation``)."""
+    copies in the batch, clipped to ±ε (perturbation.py ``universal_perturbation``).
+    Under torchrun (``dctx``): sample-wise, ``delta`` holds rows [offset, offset + len(delta)) and
+    ``pool`` is this rank's; class-wise, each rank steps its slice of every batch and the class sums
+    and counts are summed over the ranks."""
     order = problem.round_order(pool, classwise, gen)
     it = cfg.interaction
     penalty = None if it is None else InteractionPenalty(it.lam, it.grid, it.cells, it.samples, True, gen)
@@ -429,6 +477,8 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
               amp=False, clip_images=problem.clip_patterns or not classwise, penalty=penalty)
     step = pgd.step if cfg.robust is None else functools.partial(robust_noise_step, pgd, settings=cfg.robust,
                                                                    generator=gen)
+    if cfg.structure is not None:
+        step = structured_step(step, cfg.structure, pgd)
     bs = cfg.batch_size
     batches = [order[b:b + bs] for b in range(0, len(order), bs)]
     total = cfg.steps * len(batches)
@@ -441,6 +491,9 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
     try:
         for s in range(cfg.steps):
             for b, idx in enumerate(batches):
+                if classwise and dctx.active:    # this rank's slice of the batch
+                    lo, hi = dctx.split(len(idx))
+                    idx = idx[lo:hi]
                 x, y = problem.clean(idx), problem.targets(idx)
                 pgd.transform = problem.view(gen)
                 if classwise:
@@ -450,16 +503,17 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
                         d = pgd.project(d, x)
                     new = step(x, y, d)
                     onehot = F.one_hot(g, k).float()                  # (B, K)
-                    sums = onehot.t() @ new.flatten(1)                # (K, CHW)
-                    counts = onehot.sum(0)
+                    sums = dctx.all_reduce_sum(onehot.t() @ new.flatten(1))   # (K, CHW)
+                    counts = dctx.all_reduce_sum(onehot.sum(0))
                     present = counts > 0
                     mean = sums[present] / counts[present, None]
                     delta[present] = mean.view(-1, *delta.shape[1:]).clamp(-cfg.eps, cfg.eps)
                 else:
-                    d = delta[idx]
+                    rows = idx if offset == 0 else idx - offset
+                    d = delta[rows]
                     if s == 0:
                         d = pgd.project(d, x)
-                    delta[idx] = step(x, y, d)
+                    delta[rows] = step(x, y, d)
                 if on_progress:
                     on_progress("search", s * len(batches) + b + 1, total)
     finally:

@@ -95,6 +95,13 @@ class DatasetProblem:
     clip_patterns = True
     loss_fn = staticmethod(F.cross_entropy)
 
+    @property
+    def shardable(self) -> bool:
+        """Whether the engine may share the search over torchrun's ranks (``unlearnable.distributed``): yes
+        for this class's rules (identity view, no draw per batch); a subclass with other views or batches
+        opts in by setting ``shardable = True`` itself."""
+        return type(self) is DatasetProblem
+
     def __init__(self, data: ImageTensors, batch_size: int) -> None:
         self.data, self.batch_size = data, batch_size
         self.groups, self.num_groups = data.labels, data.num_classes

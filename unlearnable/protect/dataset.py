@@ -26,9 +26,13 @@ not write is ever replaced (checked before the search, exit code 2; ownership is
 while the first holds its lock. A rerun resumes the search from ``OUT/.unlearnable/checkpoint.pt``,
 skips images already written (same bytes as journaled; their change is measured again from disk)
 and first removes temp files a killed run left. Originals are only ever opened for reading.
+
+Under torchrun every rank runs its share of the search (``unlearnable.distributed``); rank 0 alone
+checks, locks and writes OUT, and the other ranks return the manifest it wrote.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -43,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..data.datasets import (ImageTensors, balanced_subset, image_file_size, imagefolder_root, load_dataset,
                              load_imagefolder, resolve_data_root, scan_imagefolder)
 from ..data.photos.decode import read_photo
@@ -54,11 +58,12 @@ from ..data.photos.photo import Photo, PhotoError
 from ..data.protected import (FORMAT, IMAGES_DIR, LAYOUT_IMAGEFOLDER, LAYOUT_INDEXED, MANIFEST, class_dirs,
                               indexed_file, read_manifest)
 from ..data.storage import OutputError, sha256_bytes, write_atomic
-from ..device import resolve_device
 from ..errors import UnlearnableError
 from ..eval.quality import psnr
 from ..events import Event, emitter
 from ..noise.budget import apply_noise_uint8, epsilon_levels, linf_levels
+from ..noise.defense_aware import defense_aware_noise
+from ..noise.defense_views import DefenseViewConfig
 from ..noise.minmin import MinMinConfig, error_minimizing_noise
 from ..noise.upsample import apply_noise
 from ..train.loop import build_model
@@ -97,13 +102,15 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
                     arch: str = "resnet18", subset: int | None = None,
                     data_root: str | os.PathLike | None = None, device: str = "auto",
                     on_event: Event | None = None,
-                    work_size: int | None = None, quality: int = 95, workers: int = 2) -> dict:
+                    work_size: int | None = None, quality: int = 95, workers: int = 2,
+                    defense_aware: DefenseViewConfig | None = None) -> dict:
     """Protect the training split of ``dataset`` (a built-in name or an ImageFolder path), or a
     balanced ``subset`` of it, into ``out_dir``; resumable (rerun with the same arguments). ImageFolder
     only: ``work_size`` (pixels; None = the images' own size when they all share one, else 64) and
     ``quality`` (1..100, JPEG/lossy WebP outputs). ``on_event`` (``unlearnable.events``) reports each
     'round' and the 'progress' of the engine's phases ('train', 'search') and of 'writing images'.
-    Returns the manifest.
+    ``defense_aware`` (None: off, the settings and outputs are those of before the option) searches
+    through random views of the trainer's defenses (``noise.defense_aware``). Returns the manifest.
 
     Raises :class:`UsageError` (nothing written: OUT overlaps the dataset, holds files this tool did
     not write, is locked by another run), :class:`WriteFailures` (some images failed; no manifest) or
@@ -128,6 +135,8 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
         _check_disjoint(Path(dataset), out)
         settings = {"dataset": str(Path(dataset).resolve()), "arch": arch, "subset": subset,
                     "minmin": cfg.settings(), "work_size": work_size, "quality": int(quality)}
+    if defense_aware is not None:
+        settings["defense_aware"] = defense_aware.settings()
     if os.path.lexists(out / MANIFEST):
         try:
             manifest = read_manifest(out)
@@ -142,11 +151,16 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
                              "choose another output folder")
         # Only the round cap or the stop accuracy changed: go on from the kept checkpoint (a run that
         # stopped at its cap keeps it) and rewrite the outputs with the extended noise.
-    dev = resolve_device(device)
+    dev = distributed.setup_device(device)      # under torchrun: this rank's device, the process group joined
+    ctx = distributed.current()
     root = resolve_data_root(data_root)
     plan = _plan(dataset, folder, root, subset, cfg.seed, work_size)
     own = [MANIFEST, "indices.npy", "perturbation.npy"]
-    with OutputLock(out):
+    search = (error_minimizing_noise if defense_aware is None
+              else functools.partial(defense_aware_noise, views=defense_aware))
+    if not ctx.is_writer:                       # another rank of a torchrun run: rank 0 checks and writes OUT
+        return _follow(ctx, plan, cfg, arch, dev, out, search)
+    with ctx.leading() as lead, OutputLock(out):
         journal = Journal(out)
         check_inside(out, [Path(r) for r in plan.rels + own])
         remove_leftovers(out, [Path(r) for r in plan.rels + own])
@@ -155,12 +169,13 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
             raise UsageError(f"{len(foreign)} file(s) in {out} were not written by unlearnable and would be "
                              f"replaced (e.g. {', '.join(foreign[:3])}); nothing was written: choose an empty "
                              "output folder or move them away")
+        lead.ready()                            # torchrun: the other ranks start their share of the search
         train = plan.train
         surrogate = build_model(arch, train.num_classes, train.images.shape[1], cfg.seed, dev)
         t0 = time.perf_counter()
         ckpt = state_dir(out) / Path(CHECKPOINT).name
-        result = error_minimizing_noise(surrogate, train, cfg, ckpt, on_round=lambda r: emit("round", asdict(r)),
-                                        on_progress=progress)
+        result = search(surrogate, train, cfg, ckpt, on_round=lambda r: emit("round", asdict(r)), on_progress=progress)
+        lead.writing()                          # torchrun: the other ranks wait for the outputs
         delta = result.delta
         if not bool(torch.isfinite(delta).all()) or float(delta.abs().max()) > cfg.eps + 1e-6:
             raise UnlearnableError(f"the noise (from {ckpt}) is outside the budget ε = {cfg.eps * 255:.3g}/255: "
@@ -209,7 +224,19 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
         _save_owned(out, "perturbation.npy", _npy(delta.cpu().numpy().astype(np.float16)), journal)
         _save_owned(out, MANIFEST, json.dumps(manifest, indent=2, allow_nan=False).encode(), journal)
         if result.converged:      # a capped run keeps its checkpoint, so a higher --max-rounds extends it
-            ckpt.unlink(missing_ok=True)
+            distributed.remove_checkpoint(ckpt)
+    return read_manifest(out)
+
+
+def _follow(ctx: distributed.Context, plan: _Plan, cfg: MinMinConfig, arch: str, dev: torch.device, out: Path,
+            search: Callable) -> dict:
+    """A rank other than 0 of a torchrun run: waits for rank 0's checks of OUT (raising its error), runs
+    its share of the search (the engine writes its checkpoint shard), waits for rank 0 to write the
+    outputs and returns their manifest."""
+    ctx.follow()
+    surrogate = build_model(arch, plan.train.num_classes, plan.train.images.shape[1], cfg.seed, dev)
+    search(surrogate, plan.train, cfg, state_dir(out) / Path(CHECKPOINT).name)
+    ctx.follow()
     return read_manifest(out)
 
 

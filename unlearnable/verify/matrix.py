@@ -31,6 +31,8 @@ Each finished cell is written to ``OUT/cells/<arch>--<defense>--<data>.json`` as
 ends, keyed by a fingerprint of everything that determines it, so an interrupted matrix resumes
 where it stopped. ``report.json`` gathers the cells; ``report.html`` is rendered from it
 (``unlearnable.report.html``) with the image assets of ``assets.pt``.
+Under torchrun the cells are spread over the ranks (cell i on rank i mod N, no DDP inside a cell)
+and rank 0 assembles the report once (``unlearnable.distributed``).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.datasets import ImageTensors, balanced_subset, load_dataset
 from ..data.protected import MANIFEST, load_protected, write_json_atomic
 from ..data.storage import settings_sha256, write_atomic
@@ -381,7 +384,9 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
 
     emit = emitter(on_event)
     cfg = config or MatrixConfig()
-    dev = resolve_device(device)
+    dev = distributed.setup_device(device)      # under torchrun: this rank's device, the process group joined
+    ctx = distributed.current()
+    spread = ctx.active and not only_finished   # torchrun: cell i is trained on rank i mod N
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     protected, manifest = load_protected(protected_dir)
@@ -414,6 +419,8 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
     plan = [(a, d, s) for a in cfg.archs for d in cfg.defenses for s in sets
             if a not in GRAPH_VICTIMS or d == "standard"]
     for i, (arch, defense, data_name) in enumerate(plan):
+        if spread and not ctx.owns(i):
+            continue                            # another rank's cell
         key = cell_key(arch, defense, data_name)
         fp = _cell_fingerprint(cfg, arch, defense, data_name, dataset, data_id)
         path = out / "cells" / f"{key}.json"
@@ -438,6 +445,15 @@ def verify_defenses(protected_dir: str | os.PathLike, out_dir: str | os.PathLike
             write_json_atomic(rec, path)
         cells.append(rec)
         tensors.update({f"{key}/{k}": v for k, v in cell_tensors.items()})
+    if spread:          # every rank wrote its cells: rank 0 assembles the report once, the others get it
+        ctx.barrier()
+        try:
+            report = (verify_defenses(protected_dir, out_dir, config, device, data_root, None, only_finished=True)
+                      if ctx.is_writer else None)
+        except BaseException as e:
+            ctx.share(error=e)
+            raise
+        return ctx.share(report)
 
     shown = firsts[: min(10, len(firsts))]
     assets = {"clean": clean.images[shown], "protected": protected.images[shown],

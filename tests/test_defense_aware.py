@@ -1,0 +1,333 @@
+"""Defense-aware search and structured noise (issue 13, item 2) on the one engine: each defense view is
+its defense's own transform in the forward pass and passes gradients, mixing scores the defense's
+mixed loss, the structure projections keep |δ| ≤ ε and are idempotent, the options off leave the
+engine and protect-dataset as they were, and the search lowers the loss under the views."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import pre_option_fingerprint, synthetic_images
+from PIL import Image
+
+from unlearnable.data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup, random_crop_flip
+from unlearnable.data.datasets import ImageTensors, balanced_subset, load_dataset, resolve_data_root
+from unlearnable.data.jpeg import jpeg
+from unlearnable.errors import UnlearnableError
+from unlearnable.noise import minmin as engine
+from unlearnable.noise.defense_aware import DefenseAwareProblem, defense_aware_noise
+from unlearnable.noise.defense_views import DefenseView, DefenseViewConfig, parse_views, resize_down_up
+from unlearnable.noise.minmin import MinMinConfig, _fingerprint, error_minimizing_noise, minmin
+from unlearnable.noise.problems import DatasetProblem
+from unlearnable.noise.robust import RobustSettings
+from unlearnable.noise.structure import lowpass, luminance, parse_structure, structure_projection
+from unlearnable.train.loop import TrainConfig, build_model, train
+
+EPS = 8 / 255
+
+
+def _data(n: int = 32, k: int = 4, size: int = 16, saturate: bool = True) -> ImageTensors:
+    x, y = synthetic_images(n, k, seed=3, size=size)
+    if saturate:
+        x[0] = 0                                       # saturated images exercise the pixel-range clip
+        x[1] = 255
+    else:
+        x = np.clip(x, 20, 235)
+    return ImageTensors(torch.from_numpy(x), torch.from_numpy(y), [str(i) for i in range(k)])
+
+
+def _cfg(mode: str = "samplewise", rounds: int = 2, **kw) -> MinMinConfig:
+    return MinMinConfig(mode=mode, steps=2, train_steps=2, batch_size=16, stop_accuracy=1.0, max_rounds=rounds,
+                        classwise_portion=0.5, **kw)
+
+
+def _one(name: str, **kw) -> DefenseViewConfig:
+    return DefenseViewConfig(views=(name,), crop_flip=False, **kw)
+
+
+def _gens(seed: int = 5) -> tuple[torch.Generator, torch.Generator]:
+    return torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+
+
+def _z(b: int = 8, size: int = 32) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+# --- each view: the defense's transform in the forward pass, gradients flow ------------------------------
+
+def _twin(name: str, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The non-differentiable defense (``train.defenses`` / ``data.augment``) on the same random draws."""
+    torch.randint(0, 1, (len(z),), generator=gen)                  # the view's pick of a defense per image
+    with torch.no_grad():
+        if name == "grayscale":
+            return grayscale(z)
+        if name == "jpeg":
+            q = torch.randint(10, 51, (len(z),), generator=gen)
+            return jpeg(z, q.float())
+        if name == "cutout":
+            return cutout(z, 16, gen)
+        if name in ("mixup", "cutmix"):
+            return (mixup if name == "mixup" else cutmix)(z, torch.zeros(len(z), dtype=torch.long), 1.0, gen)[0]
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["grayscale", "jpeg", "cutout", "mixup", "cutmix"])
+def test_each_view_equals_its_defense_forward_and_passes_gradients(name):
+    g1, g2 = _gens()
+    z = _z().requires_grad_(True)
+    out = DefenseView(_one(name), g1)(z)
+    assert torch.equal(out.detach(), _twin(name, z.detach(), g2))
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (grad,) = torch.autograd.grad((out * w).sum(), z)
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+
+
+def test_jpeg_view_is_differentiable_where_the_defense_is_not():
+    z = _z().requires_grad_(True)
+    view = DefenseView(_one("jpeg"), torch.Generator().manual_seed(0))(z)
+    (g_view,) = torch.autograd.grad(view.sum(), z)
+    plain = jpeg(z, 10)                                             # rounding: no gradient reaches the input
+    (g_plain,) = torch.autograd.grad(plain.sum(), z, allow_unused=True)
+    assert g_plain is None or float(g_plain.abs().sum()) == 0
+    assert float(g_view.abs().mean()) > 0.1                          # straight-through: about the identity's
+
+
+def test_crop_flip_comes_first_and_standard_adds_nothing():
+    g1, g2 = _gens()
+    z = _z()
+    out = DefenseView(DefenseViewConfig(views=("standard",)), g1)(z)
+    assert torch.equal(out, random_crop_flip(z, 4, g2))
+
+
+def test_resize_matches_pillow_bilinear_down_up_and_passes_gradients():
+    x, _ = synthetic_images(4, 2, seed=0, size=32)
+    for side in (16, 24):
+        ours = resize_down_up(torch.from_numpy(x).float() / 255, (side, side)) * 255
+        for i in range(len(x)):
+            im = Image.fromarray(np.ascontiguousarray(x[i].transpose(1, 2, 0)))
+            pil = np.asarray(im.resize((side, side), Image.Resampling.BILINEAR).resize((32, 32),
+                                                                                       Image.Resampling.BILINEAR))
+            assert np.abs(ours[i].permute(1, 2, 0).numpy() - pil.astype(np.float32)).max() <= 2.0   # two roundings
+    z = _z().requires_grad_(True)
+    out = DefenseView(_one("resize"), torch.Generator().manual_seed(0))(z)
+    assert out.shape == z.shape and 0 <= float(out.detach().min()) and float(out.detach().max()) <= 1
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    assert float(grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_mixing_scores_the_defense_mixed_loss_and_soft_targets(name):
+    g1, g2 = _gens()
+    z = _z()
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    view = DefenseView(_one(name), g1)
+    xm = view(z)
+    torch.randint(0, 1, (len(z),), generator=g2)
+    mix = mixup if name == "mixup" else cutmix
+    twin, ya, yb, lam = mix(z, y, 1.0, g2)
+    assert torch.equal(xm, twin) and 0 < lam < 1
+    logits = torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
+    expected = mixed_cross_entropy(logits, ya, yb, lam)
+    assert torch.allclose(view.loss(logits, y), expected, atol=1e-6)
+    assert torch.allclose(F.cross_entropy(logits, view.soft_targets(y, 4)), expected, atol=1e-6)
+    assert torch.equal(view.dominant(y), ya if lam >= 0.5 else yb)
+
+
+def test_unmixed_images_keep_plain_cross_entropy_and_every_image_gets_one_view():
+    cfg = DefenseViewConfig()
+    z = _z(b=64)
+    view = DefenseView(cfg, torch.Generator().manual_seed(0))
+    out = view(z)
+    y = torch.arange(64) % 4
+    mixed = view.lam < 1
+    assert out.shape == z.shape and 0 < int(mixed.sum()) < 64      # some images mixed, most not
+    logits = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
+    own = F.cross_entropy(logits, y, reduction="none")
+    assert torch.equal(view.partner[~mixed], torch.arange(64)[~mixed])
+    assert torch.allclose(view.loss(logits, y), (view.lam * own + (1 - view.lam) * F.cross_entropy(
+        logits, y[view.partner], reduction="none")).mean())
+
+
+def test_view_names_are_validated():
+    assert parse_views("all") == DefenseViewConfig().views
+    assert parse_views("jpeg, grayscale,jpeg") == ("jpeg", "grayscale")
+    with pytest.raises(UnlearnableError, match="unknown defense view"):
+        parse_views("jpeg,blur")
+    with pytest.raises(UnlearnableError):
+        DefenseViewConfig(jpeg_quality=(50, 10))
+
+
+# --- structure: projections -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["luminance", "lowpass", "lowpass-8", "luminance+lowpass"])
+def test_structure_projection_keeps_the_ball_and_is_idempotent(spec):
+    d = (torch.rand(6, 3, 18, 18, generator=torch.Generator().manual_seed(0)) * 2 - 1) * EPS   # 18: partial blocks
+    p = structure_projection(spec)
+    once = p(d)
+    assert float(once.abs().max()) <= EPS + 1e-7
+    assert torch.allclose(p(once), once, atol=1e-8)
+    assert not torch.allclose(once, d)
+
+
+def test_luminance_survives_grayscale_and_lowpass_is_block_constant():
+    x = _z()
+    d = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * EPS
+    assert torch.allclose(grayscale(x + luminance(d)), grayscale(x) + luminance(d), atol=1e-6)
+    lp = lowpass(d, 4)
+    blocks = lp.unfold(2, 4, 4).unfold(3, 4, 4)                      # (B, C, 8, 8, 4, 4)
+    assert torch.equal(blocks, blocks[..., :1, :1].expand_as(blocks))
+
+
+def test_structure_spec_is_canonical_and_validated():
+    assert parse_structure("lowpass+luminance") == "luminance+lowpass-4"
+    assert MinMinConfig(structure="Lowpass-8").structure == "lowpass-8"
+    for bad in ("blur", "lowpass-1", "luminance+luminance", ""):
+        with pytest.raises(UnlearnableError):
+            MinMinConfig(structure=bad)
+
+
+@pytest.mark.parametrize("mode", ["samplewise", "classwise"])
+def test_structured_search_gives_structured_noise_within_eps(mode):
+    data = _data(saturate=False)
+    model = build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+    res = error_minimizing_noise(model, data, _cfg(mode, structure="luminance+lowpass"))
+    d = res.delta
+    assert float(d.abs().max()) <= EPS + 1e-6 and float(d.abs().max()) > 0
+    assert torch.allclose(d, structure_projection("luminance+lowpass")(d), atol=1e-6)
+    x = data.images.float() / 255
+    per = res.per_sample(data.labels)
+    assert float((x + per).min()) >= 0 and float((x + per).max()) <= 1
+
+
+def test_structure_on_saturated_pixels_is_cut_by_the_pixel_range_only():
+    data = _data(saturate=False)
+    data.images[0, 0] = 255                                           # one channel saturated: a luminance
+    data.images[1, 2] = 0                                             # step must be cut there
+    res = error_minimizing_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), data,
+                                 _cfg(structure="luminance"))
+    d = res.delta
+    x = data.images.float() / 255
+    assert float((x + d).min()) >= 0 and float((x + d).max()) <= 1   # the engine's feasibility holds
+    off = (d - d.mean(1, keepdim=True)).abs().amax(1) > 1e-6          # pixels whose channels differ
+    assert not bool(off[2:].any()) and bool(off[:2].any())           # ... only on the saturated images
+
+
+# --- off: the engine and protect-dataset as before ------------------------------------------------------
+
+def test_options_off_keep_the_checkpoint_identity_and_run_no_option_code(monkeypatch):
+    off = _cfg(rounds=1)
+    assert "structure" not in off.settings()
+    data, surrogate = _data(), build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+    problem = DatasetProblem(data, off.batch_size)
+    assert _fingerprint(off, problem, surrogate) == pre_option_fingerprint(off, problem, surrogate)
+    assert _fingerprint(_cfg(rounds=1, structure="luminance"), problem, surrogate) != _fingerprint(off, problem,
+                                                                                                   surrogate)
+    aware = DefenseAwareProblem(data, off.batch_size)
+    assert _fingerprint(off, aware, surrogate) != _fingerprint(off, problem, surrogate)
+
+    def boom(*a, **k):
+        raise AssertionError("structure code ran with the option off")
+
+    monkeypatch.setattr(engine, "structured_step", boom)
+    a = error_minimizing_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), data, off).delta
+    b = error_minimizing_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), data, off).delta
+    assert torch.equal(a, b) and float(a.abs().max()) > 0
+
+
+def test_protect_dataset_off_keeps_its_settings(cifar_root, tmp_path, monkeypatch):
+    import unlearnable.protect.dataset as workflow
+    from unlearnable.protect.dataset import protect_dataset
+
+    def boom(*a, **k):
+        raise AssertionError("the defense-aware search ran with the option off")
+
+    monkeypatch.setattr(workflow, "defense_aware_noise", boom)
+    cfg = MinMinConfig(steps=1, train_steps=1, batch_size=20, max_rounds=1)
+    off = protect_dataset("cifar10", tmp_path / "off", cfg, "smallcnn", 20, cifar_root, "cpu")
+    assert "defense_aware" not in off["settings"] and "structure" not in off["settings"]["minmin"]
+
+
+def test_cli_protect_dataset_takes_defense_aware_and_structure(cifar_root, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from unlearnable.cli.main import app
+
+    out = tmp_path / "prot"
+    args = ["protect-dataset", "cifar10", "-o", str(out), "--data-root", str(cifar_root), "--arch", "smallcnn",
+            "--subset", "20", "--steps", "1", "--train-steps", "1", "--batch-size", "20", "--max-rounds", "1"]
+    r = CliRunner().invoke(app, [*args, "--defense-aware", "cutout,mixup", "--structure", "luminance"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "protected.json").read_text())
+    assert manifest["settings"]["defense_aware"]["views"] == ["cutout", "mixup"]
+    assert manifest["settings"]["minmin"]["structure"] == "luminance" and manifest["linf_levels"] <= 8
+    delta = np.load(out / "perturbation.npy").astype(np.float32)
+    assert np.abs(delta - delta.mean(1, keepdims=True)).max() < 1 / 255   # luminance (float16 file, clipped pixels)
+    r = CliRunner().invoke(app, [*args[:3], str(tmp_path / "o2"), *args[4:], "--defense-aware", "blur"])
+    assert r.exit_code == 2 and "unknown defense view" in r.output
+
+
+# --- the defense-aware search ---------------------------------------------------------------------------
+
+def test_defense_aware_search_resumes_bit_for_bit(tmp_path):
+    cfg = _cfg(rounds=2)
+    full = defense_aware_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), _data(n=16), cfg)
+
+    def stop(log):
+        if log.round == 1:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        defense_aware_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), _data(n=16), cfg, ckpt,
+                            on_round=stop)
+    resumed = defense_aware_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), _data(n=16), cfg, ckpt)
+    assert torch.equal(full.delta, resumed.delta)
+    assert full.history[-1].surrogate_loss == resumed.history[-1].surrogate_loss
+    with pytest.raises(UnlearnableError, match="identity view"):
+        defense_aware_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), _data(),
+                            _cfg(robust=RobustSettings()))
+
+
+@pytest.fixture(scope="module")
+def cifar_subset():
+    """60 real CIFAR-10 training images (6 per class) and a SmallCNN fitted to them."""
+    try:
+        full = load_dataset("cifar10", "train", resolve_data_root(None))
+    except Exception as e:                                           # no CIFAR-10 on this machine
+        pytest.skip(f"CIFAR-10 not available: {e}")
+    data = full.subset(balanced_subset(full.labels, 60, 0))
+    model = build_model("smallcnn", 10, 3, 0, torch.device("cpu"))
+    train(model, data, None, TrainConfig(epochs=10, batch_size=20, augment=False))
+    return data, model
+
+
+@pytest.mark.parametrize("views", [DefenseViewConfig(), DefenseViewConfig(views=("grayscale",), crop_flip=False)],
+                         ids=["all", "grayscale"])
+def test_defense_aware_search_lowers_the_loss_under_the_views(cifar_subset, views):
+    """With the surrogate frozen (no training steps), PGD through the defense views lowers the expected
+    loss under the views below the clean images'; under grayscale alone, also below plain EM noise of
+    the same budget (which spends part of it on colour that grayscale removes)."""
+    data, trained = cifar_subset
+    cfg = MinMinConfig(steps=5, train_steps=0, batch_size=30, max_rounds=1, step_size=2 / 255)
+
+    def searched(problem) -> torch.Tensor:
+        model = build_model("smallcnn", 10, 3, 0, torch.device("cpu"))
+        model.load_state_dict(trained.state_dict())
+        return minmin(model, problem, cfg).delta
+
+    aware = searched(DefenseAwareProblem(data, cfg.batch_size, views))
+    judge = DefenseAwareProblem(data, cfg.batch_size, views)
+    pool = torch.arange(len(data))
+
+    def view_loss(delta: torch.Tensor) -> float:
+        gen = torch.Generator().manual_seed(99)
+        return sum(judge.score(trained, lambda i: delta[i], pool, 60, gen)[1] for _ in range(4)) / 4
+
+    clean, da = view_loss(torch.zeros_like(aware)), view_loss(aware)
+    assert da < 0.9 * clean, (clean, da)
+    if views.views == ("grayscale",):
+        em = view_loss(searched(DatasetProblem(data, cfg.batch_size)))
+        assert da < 0.95 * em, (clean, em, da)

@@ -1,0 +1,121 @@
+"""Structured error-minimising noise: a linear projection P applied to every stepped δ of the one
+min-min engine (option ``MinMinConfig.structure`` of ``unlearnable.noise.minmin``), so that the noise
+lives where a trainer's squeezing defenses keep it (issue 13, item 2).
+
+Why. Image Shortcut Squeezing (Liu et al., ICML 2023, arXiv 2302.01906) removes error-minimising
+noise (Huang et al., arXiv 2101.04898) by grayscale conversion or JPEG at quality 10: the noise is
+mostly colour and high spatial frequency, and both squeezers throw exactly that away. Two
+projections keep the noise in what they keep:
+
+- ``luminance``: δ_c ← (1/C) Σ_c δ_c, the same value in R, G and B. The ITU-R BT.601 luma weights
+  (0.299, 0.587, 0.114) sum to 1, so grayscale(x + Pδ) = grayscale(x) + Pδ: grayscale keeps all of
+  it. In JPEG's colour transform (JFIF) the Cb and Cr rows sum to 0, so Pδ lands entirely in Y,
+  which is kept at full resolution (4:2:0 halves the chroma planes) and quantised with the finer
+  luma table. A one-channel image is left as it is.
+- ``lowpass`` (``lowpass-k``, k = 4 by default): block-constant k × k averaging (blocks from the
+  top-left corner; a partial block at the right or bottom edge averages its own pixels). A
+  block-constant pattern sits in the lowest DCT coefficients of the 8 × 8 blocks JPEG quantises,
+  the ones quality 10 keeps (its luma steps are 80, 55, 60 for DC and the first two AC coefficients
+  and over 100 for most others), and a resize down by a factor up to k keeps most of it (an area
+  average over aligned k × k blocks keeps it exactly). k = 4 rather than JPEG's 8: the trainer's
+  random crop shifts the pattern against JPEG's block grid anyway, and 4 × 4 keeps 4 × more degrees
+  of freedom (64 per channel on a 32 × 32 image).
+
+``luminance+lowpass-k`` applies both (they commute: one mixes channels, the other pixels).
+
+Properties. Each P is an orthogonal projection (P² = P, Pᵀ = P), and each output value is a mean of
+input values, so ‖Pδ‖∞ ≤ ‖δ‖∞: a point of the ε-ball stays in it, with no clamp. (A DCT low-pass,
+zeroing high-frequency coefficients, is also an orthogonal projection but does not keep the ε-ball:
+its ringing overshoots, and the clamp back into the ball would put high frequencies back. That is
+why block averaging is used.)
+
+The pixel-range clamp. The engine keeps x + δ ∈ [0, 1] (sample-wise, and each stepped copy before
+a class-wise mean). :func:`structured_step` therefore re-projects after P, δ ← Π_[0,1](x + Pδ) − x:
+where x + Pδ would leave [0, 1] (saturated pixels, e.g. a white sky or a black border) the clamp
+cuts that pixel's value, so the noise there is no longer exactly structured (a luminance δ can lose
+its R component on a pixel with R = 255; the pixel's luma then moves by (0.587 + 0.114) δ rather
+than δ). Nowhere else is the structure changed, and the written image would be clipped in the same
+way (``noise.budget.apply_noise_uint8``), so what is stored is what is written. A class-wise δ is
+the mean of such per-image copies, so it is structured up to the pixels some image clipped.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnlearnableError
+
+STRUCTURES = ("luminance", "lowpass")
+DEFAULT_BLOCK = 4
+Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def luminance(delta: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): every channel the mean over channels (C = 1: unchanged)."""
+    if delta.shape[1] == 1:
+        return delta
+    return delta.mean(1, keepdim=True).expand_as(delta).contiguous()
+
+
+def lowpass(delta: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): each ``block`` × ``block`` block (from the top-left; partial edge
+    blocks average their own pixels) replaced by its mean."""
+    h, w = delta.shape[-2:]
+    means = F.avg_pool2d(delta, block, ceil_mode=True)
+    return means.repeat_interleave(block, -2).repeat_interleave(block, -1)[..., :h, :w].contiguous()
+
+
+def parse_structure(spec: str) -> str:
+    """'luminance', 'lowpass', 'lowpass-8', 'luminance+lowpass' (also comma-separated) -> the
+    canonical spec ('luminance+lowpass-4': luminance first, the block size explicit); raises
+    UnlearnableError on anything else."""
+    parts = [p.strip().lower() for p in re.split(r"[+,]", str(spec)) if p.strip()]
+    lum, block = False, None
+    for p in parts:
+        m = re.fullmatch(r"lowpass(?:-(\d+))?", p)
+        if p == "luminance" and not lum:
+            lum = True
+        elif m and block is None:
+            block = int(m.group(1) or DEFAULT_BLOCK)
+            if block < 2:
+                raise UnlearnableError(f"the low-pass block must be at least 2 pixels, got {block}")
+        else:
+            raise UnlearnableError(f"unknown or repeated noise structure {p!r} in {spec!r}; use luminance, lowpass "
+                                   "or lowpass-K (K × K blocks), joined by '+'")
+    if not parts:
+        raise UnlearnableError("give a noise structure: luminance, lowpass or both (luminance+lowpass)")
+    return "+".join((["luminance"] if lum else []) + ([f"lowpass-{block}"] if block else []))
+
+
+def structure_projection(spec: str) -> Projection:
+    """The projection P (δ (B, C, H, W) -> Pδ, same shape) of a structure ``spec`` (see :func:`parse_structure`)."""
+    names = parse_structure(spec).split("+")
+    block = next((int(n.split("-")[1]) for n in names if n.startswith("lowpass")), None)
+
+    def project(delta: torch.Tensor) -> torch.Tensor:
+        if "luminance" in names:
+            delta = luminance(delta)
+        if block is not None:
+            delta = lowpass(delta, block)
+        return delta
+
+    return project
+
+
+def structured_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], spec: str,
+                    pgd) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Wrap the engine's noise step ``step(images, labels, delta) -> delta`` so that every stepped δ is
+    projected by P, then back onto ``pgd``'s feasible set (its ε and pixel-range rule; see the module
+    doc for what the pixel-range clamp does to the structure)."""
+    project = structure_projection(spec)
+
+    def stepped(images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return pgd.project(project(step(images, labels, delta)), images)
+
+    return stepped
+
+
+__all__ = ["STRUCTURES", "luminance", "lowpass", "parse_structure", "structure_projection", "structured_step"]
