@@ -100,11 +100,12 @@ def protect(out: Path, kind: str, c: dict, data_root, dev) -> Path:
     return d
 
 
-def share_clean_cells(out: Path, dest: Path) -> None:
-    """Copy every finished clean cell of the other matrices into ``dest`` (their fingerprints do
-    not depend on the protection when there is no pattern readout; one that does not fit is retrained)."""
+def share_clean_cells(out: Path, dest: Path, tag: str) -> None:
+    """Copy the finished clean cells of the other kinds' matrices with the same AT radius ``tag`` into
+    ``dest`` (their fingerprints do not depend on the protection when there is no pattern readout;
+    one that does not fit is retrained)."""
     (dest / "cells").mkdir(parents=True, exist_ok=True)
-    for f in out.glob("verify-*/cells/*--clean.json"):
+    for f in out.glob(f"verify-*-at{tag}/cells/*--clean.json"):
         if f.parent != dest / "cells" and not (dest / "cells" / f.name).exists():
             shutil.copy(f, dest / "cells" / f.name)
 
@@ -161,7 +162,7 @@ def main() -> int:
         reports = {}
         for tag, cfg in (("8", cfg8), ("4", cfg4)):
             mout = out / f"verify-{kind}-at{tag}"
-            share_clean_cells(out, mout)
+            share_clean_cells(out, mout, tag)
             reports[tag] = verify_defenses(prot, mout, cfg, str(dev), args.data_root, on_event=log_event(f"{kind} "),
                                            only_finished=args.finished_only)
         rows8, rows4 = table(reports["8"]), table(reports["4"])
