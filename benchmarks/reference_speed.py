@@ -38,8 +38,8 @@ Configurations (``--config``; every value can be overridden by its option):
   loader without workers. Sized for about 15 minutes on two uncontended cores for both sides'
   rounds and the habit check: a round of the full ResNet-18 is 120 × 20 PGD image-steps plus
   10 × 120 training images (measured on this 2-core machine while shared, load average about 10:
-  10-15 s per PGD or training step of 128 images, i.e. about 6 minutes a round; roughly a quarter
-  of that uncontended). Two rounds because the first carries one-off costs (allocator growth,
+  10-15 s per PGD or training step of 128 images, i.e. about 6 minutes a round; on the quiet
+  machine, measured: 46-57 s a round on either side). Two rounds because the first carries one-off costs (allocator growth,
   oneDNN kernel choice) on both sides; 256-512 images would not fit the budget. The stop threshold
   is out of reach in two rounds: "rounds to threshold" reads null.
 - ``gpu``: all 50,000 training images, the paper's batch 512 (its experiment script's default), 3
