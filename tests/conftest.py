@@ -68,3 +68,13 @@ def pre_option_fingerprint(cfg, problem, model) -> str:
     h.update(type(model).__name__.encode())
     h.update(str(sum(p.numel() for p in model.parameters())).encode())
     return h.hexdigest()[:16]
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (restored after): small ops (MTCNN, tiny searches) spin with two
+    threads on a shared CPU (measured: a 1-round tiny photo search 12 s vs 0.2 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ FAST = ["--faces", "--max-rounds", "1", "--steps", "2", "--workers", "1"]
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """MTCNN's many small ops spin with two threads on a shared CPU (see tests/test_faces.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _rgb(name: str) -> np.ndarray:

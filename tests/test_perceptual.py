@@ -22,13 +22,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops spin with two threads on a shared CPU (measured: a 1-round tiny search 12 s vs 0.2 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def test_shaped_noise_never_exceeds_the_noise_it_shapes():
