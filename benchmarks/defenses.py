@@ -246,6 +246,12 @@ def robust_generalisation(out: Path, c: dict, data_root, dev) -> dict:
             for d, r in results.items()}
 
 
+def runtime(dev: torch.device) -> dict:
+    """Where a figure was measured: the device, its name, CPU threads and torch version."""
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
+    return {"device": str(dev), "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
@@ -323,9 +329,7 @@ def main() -> int:
         result["robust_generalisation"] = robust_generalisation(out, c, args.data_root, dev)
     if "label-noise" in parts:
         result["label_noise_40_symmetric"] = label_noise(out, c, args.data_root, dev)
-    result.update(total_seconds=time.perf_counter() - t0, device=str(dev),
-                  device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine(),
-                  threads=torch.get_num_threads(), torch=torch.__version__)
+    result.update(total_seconds=time.perf_counter() - t0, **runtime(dev))
     print(json.dumps(result, indent=2))
     return 0
 

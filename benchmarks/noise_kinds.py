@@ -37,18 +37,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from defenses import CONFIGS as DEFENSE_CONFIGS, log, log_event, matrix_config, table  # noqa: E402
+from defenses import CONFIGS as DEFENSE_CONFIGS, log, log_event, matrix_config, runtime, table  # noqa: E402
 
 from unlearnable.data.protected import read_manifest  # noqa: E402
 from unlearnable.device import resolve_device  # noqa: E402
@@ -177,9 +174,7 @@ def main() -> int:
     for r in result["kinds"].values():
         if em and r.get("generation_seconds"):
             r["generation_relative_to_em"] = round(r["generation_seconds"] / em, 3)
-    result.update(total_seconds=time.perf_counter() - t0, device=str(dev),
-                  device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine(),
-                  threads=torch.get_num_threads(), torch=torch.__version__)
+    result.update(total_seconds=time.perf_counter() - t0, **runtime(dev))
     print(json.dumps(result, indent=2))
     return 0
 

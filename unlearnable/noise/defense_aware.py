@@ -36,6 +36,7 @@ from torch import nn
 
 from ..data.datasets import ImageTensors
 from ..errors import UnlearnableError
+from ..train.loop import score_batches
 from .defense_views import DefenseView, DefenseViewConfig
 from .minmin import MinMinConfig, MinMinResult, RoundLog, minmin
 from .problems import DatasetProblem
@@ -77,20 +78,13 @@ class DefenseAwareProblem(DatasetProblem):
     def score(self, model, delta_of, pool, batch_size, gen) -> tuple[float, float]:
         """Accuracy (the larger share's label) and mean loss on a fresh view of every perturbed image
         of ``pool``, fp32, eval mode."""
-        was = model.training
-        model.eval()
-        correct, total = 0, 0.0
-        try:
-            for b0 in range(0, len(pool), batch_size):
-                idx = pool[b0:b0 + batch_size]
-                y = self.targets(idx)
-                view = DefenseView(self.views, gen)
-                logits = model(view((self.clean(idx) + delta_of(idx)).clamp(0, 1))).float()
-                correct += int((logits.argmax(1) == view.dominant(y)).sum())
-                total += float(view.loss(logits, y)) * len(idx)
-        finally:
-            model.train(was)
-        return correct / len(pool), total / len(pool)
+        def batch(idx: torch.Tensor) -> tuple[int, float]:
+            y = self.targets(idx)
+            view = DefenseView(self.views, gen)
+            logits = model(view((self.clean(idx) + delta_of(idx)).clamp(0, 1))).float()
+            return int((logits.argmax(1) == view.dominant(y)).sum()), float(view.loss(logits, y)) * len(idx)
+
+        return score_batches(model, pool, batch_size, batch)
 
 
 def defense_aware_noise(surrogate: nn.Module, data: ImageTensors, config: MinMinConfig | None = None,

@@ -45,7 +45,7 @@ from torch import nn
 from ..data.augment import random_crop_flip, to_float
 from ..data.datasets import ImageTensors
 from ..models import add_classes
-from ..train.loop import evaluate, prepare_batch
+from ..train.loop import evaluate, prepare_batch, score_batches
 from .minmin import MinMinConfig, RoundLog, check_tensor, minmin
 from .views import ViewConfig, scraper_view
 
@@ -223,16 +223,12 @@ class ReferenceBankProblem:
     @torch.no_grad()
     def score(self, model, delta_of, pool, batch_size, gen) -> tuple[float, float]:
         """Accuracy and mean loss on a fresh random view of every perturbed photo, eval mode."""
-        was = model.training
-        model.eval()
-        correct, total_loss = 0, 0.0
-        for b0 in range(0, len(pool), batch_size):
-            idx = pool[b0:b0 + batch_size]
+        def batch(idx: torch.Tensor) -> tuple[int, float]:
             logits = model(self._seen(idx, delta_of(idx), gen))
-            correct += int((logits.argmax(1) == self.y[idx]).sum())
-            total_loss += float(F.cross_entropy(logits, self.y[idx], reduction="sum"))
-        model.train(was)
-        return correct / len(pool), total_loss / len(pool)
+            return int((logits.argmax(1) == self.y[idx]).sum()), float(F.cross_entropy(logits, self.y[idx],
+                                                                                         reduction="sum"))
+
+        return score_batches(model, pool, batch_size, batch)
 
     def state(self) -> dict:
         return {}

@@ -61,7 +61,7 @@ from torch import nn
 from ..attacks.pgd import PGD
 from ..data.augment import random_crop_flip
 from ..errors import UnlearnableError
-from ..train.loop import StandardStep
+from ..train.loop import StandardStep, score_batches
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -146,22 +146,15 @@ def robust_score(model: nn.Module, problem, delta_of: Callable[[torch.Tensor], t
                  batch_size: int, settings: RobustSettings, generator: torch.Generator) -> tuple[float, float]:
     """REM's stop test (c): (accuracy, mean cross-entropy) of ``model`` on x + δ_u + δ_a* for the
     ``pool`` indices (on the device) of ``problem``, δ_a* by :func:`worst_case`; eval mode, fp32."""
-    was = model.training
-    model.eval()
-    correct, total = 0, 0.0
-    try:
-        for b0 in range(0, len(pool), batch_size):
-            idx = pool[b0:b0 + batch_size]
-            y = problem.targets(idx)
-            z = (problem.clean(idx) + delta_of(idx)).clamp(0, 1)
-            adv = z + worst_case(model, z, y, settings, generator)
-            with torch.no_grad():
-                logits = model(adv)
-            correct += int((logits.argmax(1) == y).sum())
-            total += float(F.cross_entropy(logits, y, reduction="sum"))
-    finally:
-        model.train(was)
-    return correct / len(pool), total / len(pool)
+    def batch(idx: torch.Tensor) -> tuple[int, float]:
+        y = problem.targets(idx)
+        z = (problem.clean(idx) + delta_of(idx)).clamp(0, 1)
+        adv = z + worst_case(model, z, y, settings, generator)
+        with torch.no_grad():
+            logits = model(adv)
+        return int((logits.argmax(1) == y).sum()), float(F.cross_entropy(logits, y, reduction="sum"))
+
+    return score_batches(model, pool, batch_size, batch)
 
 
 __all__ = ["RobustSettings", "rem_config", "augment", "worst_case", "AdversarialSurrogateStep",

@@ -154,6 +154,24 @@ def evaluate(model: nn.Module, data: ImageTensors, batch_size: int = 1000,
     return correct / max(n, 1), loss_sum / max(n, 1)
 
 
+def score_batches(model: nn.Module, pool: torch.Tensor, batch_size: int,
+                  batch: Callable[[torch.Tensor], tuple[int, float]]) -> tuple[float, float]:
+    """(accuracy, mean loss) of ``model`` over the indices ``pool``, ``batch_size`` at a time, in eval mode
+    (restored after, also on error): ``batch(idx)`` returns the number correct and the summed loss of its
+    indices. The stop tests whose inputs are not a fixed dataset (random views, worst cases) share it."""
+    was = model.training
+    model.eval()
+    correct, total = 0, 0.0
+    try:
+        for b0 in range(0, len(pool), batch_size):
+            c, loss_sum = batch(pool[b0:b0 + batch_size])
+            correct += c
+            total += loss_sum
+    finally:
+        model.train(was)
+    return correct / len(pool), total / len(pool)
+
+
 def train(model: nn.Module, train_set: ImageTensors, test_set: ImageTensors | None = None,
           config: TrainConfig | None = None, step: StepFn | None = None,
           on_epoch: Callable[[EpochRecord], None] | None = None,
