@@ -9,11 +9,14 @@ The experiment is ``unlearnable.verify.photos.verify_photo_folder`` in faces mod
 ``unlearnable verify-photos --faces`` runs): a folder with one subfolder per *protected* person; 20 % of
 each person's photos held out clean, the rest protected with ``protect --faces``; a face scraper (MTCNN
 detection, alignment, resize, JPEG 75) feeds two fresh face recognisers trained on every identity: the
-protected people plus the *other* people of the sample as the reference (their aligned photos, 80 %
-train / 20 % test by sorted file name). One victim trains on the protected photos, the other on the same
-photos unprotected. Reported per ε: held-out recognition of the protected people (per person and mean)
-by both victims, recognition of the unprotected people (their test split) in the same runs, and the
-quality of the protected faces (PSNR/SSIM on each face box, from the manifest).
+protected people plus half of the *other* people of the sample (their aligned photos, 80 % train / 20 %
+test by sorted file name). The other half is the user's ``--reference`` of other faces for the search,
+disjoint from the scraper's identities (a user cannot know whom else a scraper's recogniser learns). One
+victim trains on the protected photos, the other on the same photos unprotected. Reported per search
+reference (``faces``: that folder; ``shipped``: the default non-face bank) and ε: held-out recognition of
+the protected people (per person and mean) by both victims, recognition of the unprotected people (their
+test split) in the same runs, and the quality of the protected faces (PSNR/SSIM on each face box, from
+the manifest).
 
 ``whole``: the same experiment with the default whole-photo protection (no ``--faces``) at 8/255, to
 measure whether face mode should be the default when faces are found.
@@ -49,12 +52,12 @@ BACKGROUNDS = ["coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg
 
 CONFIGS = {
     "cpu": {"protected": ["Barack_Obama", "Keira_Knightley", "Simon_Cowell", "Tom_Hanks"], "photo_side": 960,
-            "arch": "smallcnn", "size": 32, "epochs": 40, "batch_size": 64, "lr": 0.01, "eps": [8, 16],
-            "exclude": ["Lindsay_Lohan"]},
+            "arch": "smallcnn", "size": 32, "epochs": 40, "batch_size": 64, "lr": 0.01,
+            "exclude": ["Lindsay_Lohan"], "references": [("faces", 8), ("shipped", 8), ("faces", 16)]},
     "gpu": {"protected": ["Barack_Obama", "Keira_Knightley", "Simon_Cowell", "Tom_Hanks", "Halle_Berry",
                           "Hugh_Laurie"], "photo_side": 1600,
-            "arch": "resnet18", "size": 112, "epochs": 60, "batch_size": 128, "lr": 0.1, "eps": [8, 16],
-            "exclude": ["Lindsay_Lohan"]},
+            "arch": "resnet18", "size": 112, "epochs": 60, "batch_size": 128, "lr": 0.1,
+            "exclude": ["Lindsay_Lohan"], "references": [("faces", 8), ("shipped", 8), ("faces", 16)]},
 }
 
 
@@ -84,25 +87,33 @@ def _people() -> dict[str, list[Path]]:
     return {d.name: sorted(d.glob("*.jpg")) for d in sorted(GLINT.iterdir()) if d.is_dir()}
 
 
-def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path]:
-    """The protected people's full-size photos (work/photos/<person>/) and the other people's aligned
-    faces split into work/reference/{train,test}/<person>/ (links)."""
+def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    """The protected people's full-size photos (work/photos/<person>/); the other people, alternately
+    (sorted by name), either the scraper's other identities, their aligned faces split into
+    work/reference/{train,test}/<person>/, or the user's ``--reference`` of other faces for the search,
+    work/search-reference/<person>/ (links). The two sets of people are disjoint: the user cannot know
+    whom else the scraper's recogniser learns."""
     rng = np.random.default_rng(seed)
     people = _people()
-    photos, ref = work / "photos", work / "reference"
+    photos, ref, search_ref = work / "photos", work / "reference", work / "search-reference"
     for name in cfg["protected"]:
         (photos / name).mkdir(parents=True)
         for f in people[name]:
             _compose([f], cfg["photo_side"], rng, (0.2, 0.45)).save(photos / name / f"{f.stem}.jpg", quality=95)
-    for name, files in people.items():
-        if name in cfg["protected"] or name in cfg["exclude"]:
+    others = [n for n in people if n not in cfg["protected"] and n not in cfg["exclude"]]
+    for i, name in enumerate(others):
+        files = people[name]
+        if i % 2:  # the user's reference of other faces: every photo
+            (search_ref / name).mkdir(parents=True)
+            for f in files:
+                os.symlink(f, search_ref / name / f.name)
             continue
         cut = int(round(len(files) * 0.8))
         for split, part in (("train", files[:cut]), ("test", files[cut:])):
             (ref / split / name).mkdir(parents=True)
             for f in part:
                 os.symlink(f, ref / split / name / f.name)
-    return photos, ref
+    return photos, ref, search_ref
 
 
 def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True) -> list[dict]:
@@ -111,20 +122,25 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True) -> l
     from unlearnable.train.loop import TrainConfig
     from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
 
-    photos, ref = build_folders(cfg, work)
+    photos, ref, search_ref = build_folders(cfg, work)
     results = []
-    for eps in cfg["eps"] if faces_mode else cfg["eps"][:1]:
+    for reference, eps in cfg["references"] if faces_mode else [("shipped", 8)]:
         t0 = time.perf_counter()
-        protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=eps / 255), faces=faces_mode, device=device)
+        protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=eps / 255), faces=faces_mode, device=device,
+                                     reference=str(search_ref) if reference == "faces" else None)
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
                                  arch=cfg["arch"], train=TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                                                      lr=cfg["lr"]),
                                  protect=protect, faces=True, device=device)
-        rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-eps{eps}", vcfg)
+        rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-{reference}-eps{eps}",
+                                  vcfg)
         runs = {r["trained_on"]: r for r in rep["runs"]}
         results.append({
             "protection_mode": "protect --faces" if faces_mode else "protect (whole photo, the default)",
             "eps_255": eps,
+            "search_reference": {"faces": f"--reference: {len(os.listdir(search_ref))} other people's aligned faces "
+                                          "(not among the scraper's identities)",
+                                 "shipped": "the shipped non-face bank (the default)"}[reference],
             "protected_people": rep["classes"],
             "heldout_photos": rep["held_out_clean"], "trained_photos": rep["protected_for_training"],
             "no_face_photos": rep["scraper"]["no_face_photos"],

@@ -32,7 +32,9 @@ def protect_cmd(
     surrogate: str = typer.Option("smallcnn-cifar10", "--surrogate", help="shipped surrogate name or a .pt "
                                   "from train-surrogate"),
     reference: Optional[str] = typer.Option(None, "--reference", help="reference dataset (default: the "
-                                            "surrogate's shipped bank)"),
+                                            "surrogate's shipped bank); with --faces, a folder of other "
+                                            "people's aligned faces (one subfolder per person): the surrogate "
+                                            "gets a fresh head over them, measured stronger"),
     max_megapixels: float = typer.Option(150.0, "--max-megapixels", help="refuse larger images "
                                          "(decompression-bomb guard; > 0)"),
     workers: int = typer.Option(2, "--workers", help="threads decoding and encoding photos"),

@@ -105,6 +105,35 @@ def test_face_options_are_checked_before_anything_is_written(album, tmp_path):
     assert not out.exists()
 
 
+def test_a_reference_of_other_faces_gets_a_fresh_head_on_the_shipped_backbone(album, tmp_path):
+    import json
+
+    from unlearnable.faces.surrogate import face_surrogate
+    from unlearnable.train.surrogate import load_surrogate
+
+    ref = tmp_path / "others"
+    for person, name in (("ann", "chelsea.png"), ("bob", "coffee.png"), ("cat", "camera.png")):
+        (ref / person).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(_rgb(name)[k * 20:k * 20 + 300, k * 20:k * 20 + 300]).resize((112, 112)).save(
+                ref / person / f"{k}.png")
+    model, meta = face_surrogate(None, ref, torch.device("cpu"))
+    shipped, _ = load_surrogate()
+    head = model.get_classifier()
+    assert meta["classes"] == ["ann", "bob", "cat"] and head.out_features == 3 and meta["input_size"] == 32
+    own, base = model.state_dict(), shipped.state_dict()
+    backbone = [k for k in base if not k.startswith(model.classifier_attr + ".")]
+    assert backbone and all(torch.equal(own[k], base[k]) for k in backbone)
+    again, _ = face_surrogate(None, ref, torch.device("cpu"))
+    assert torch.equal(again.get_classifier().weight, head.weight)          # the fresh head is seeded
+    # protect --faces uses it for a folder of people (3 of them: the shipped 10-class head would not fit)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["protect", str(album / "me"), "-o", str(out), *FAST, "--reference", str(ref)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert "fresh head over 3 reference people" in m["surrogate"]["name"] and m["summary"]["faces"] == 1
+
+
 def test_detection_on_a_downscaled_copy_finds_the_same_face_in_full_size_pixels():
     big = np.asarray(Image.fromarray(_rgb("astronaut.png")).resize((2048, 2048), Image.Resampling.BICUBIC))
     (full,) = detect_faces([big])

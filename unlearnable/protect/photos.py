@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.datasets import ImageTensors, balanced_subset, load_dataset
+from ..data.datasets import ImageTensors, balanced_subset, imagefolder_root, load_dataset
 from ..data.photos.decode import read_photo, read_preview, to_rgb8
 from ..data.photos.encode import write_photo
 from ..data.photos.files import PhotoFile, UsageError, discover
@@ -189,8 +189,10 @@ def protect_photos(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     photos, skipped = discover([Path(p) for p in inputs], out, unreadable, include_refused=True)
     check_inside(out, [p.rel for p in photos])
     dev = resolve_device(cfg.device)
-    if cfg.faces and cfg.face_weights:
-        surrogate, smeta = face_surrogate(cfg.face_weights, cfg.reference, dev)
+    if cfg.faces and (cfg.face_weights or (cfg.reference is not None and
+                                           imagefolder_root(cfg.reference, "train") is not None)):
+        # other people's faces: a fresh head over them (unlearnable.faces.surrogate)
+        surrogate, smeta = face_surrogate(cfg.face_weights, cfg.reference, dev, cfg.surrogate)
     else:
         surrogate, smeta = load_surrogate(cfg.surrogate, dev)
     # read-only checks first, so that a refusal leaves nothing behind
@@ -670,7 +672,8 @@ def _load_reference(cfg: PhotoProtectConfig, surrogate_meta: dict) -> ImageTenso
     if data.num_classes != len(surrogate_meta["classes"]):
         raise UnlearnableError(f"reference {cfg.reference} has {data.num_classes} classes but the surrogate "
                                f"was trained on {len(surrogate_meta['classes'])}")
-    idx = balanced_subset(data.labels, cfg.reference_per_class * data.num_classes, cfg.search.seed)
+    per_class = min(cfg.reference_per_class, int(torch.bincount(data.labels).min()))  # a person with fewer faces
+    idx = balanced_subset(data.labels, per_class * data.num_classes, cfg.search.seed)
     return data.subset(idx)
 
 
