@@ -112,6 +112,10 @@ def verify_photos_cmd(
     faces: bool = typer.Option(False, "--faces", help="protect the faces (protect --faces) and scrape as a face "
                                "scraper does (detect, align); --reference is then a folder of other people's "
                                "aligned faces, one subfolder per person (train/ and test/ inside, or training only)"),
+    protect_reference: Optional[str] = typer.Option(None, "--protect-reference", help="the reference the protection "
+                                                    "searches against (protect --reference; default: the shipped "
+                                                    "bank); with --faces, other people's faces, best kept apart "
+                                                    "from --reference: you cannot know whom a scraper's model knows"),
     seed: int = SEED,
     data_root: Optional[Path] = DATA_ROOT,
     device: str = DEVICE,
@@ -131,7 +135,7 @@ def verify_photos_cmd(
     with user_errors():
         root = str(data_root) if data_root else None
         protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=parse_epsilon(eps), seed=seed),
-                                     faces=faces, data_root=root, device=device)
+                                     faces=faces, reference=protect_reference, data_root=root, device=device)
         cfg = PhotoVerifyConfig(holdout=holdout, reference=reference, reference_per_class=reference_per_class,
                                 exclude_classes=tuple(split(exclude_class or "")), size=size,
                                 jpeg_quality=jpeg_quality or None, arch=arch,

@@ -134,6 +134,22 @@ def test_a_reference_of_other_faces_gets_a_fresh_head_on_the_shipped_backbone(al
     assert "fresh head over 3 reference people" in m["surrogate"]["name"] and m["summary"]["faces"] == 1
 
 
+def test_each_photo_is_searched_for_faces_once_and_a_resumed_write_detects_again(album, tmp_path, monkeypatch):
+    import unlearnable.protect.photos as photos_mod
+
+    calls = []
+    real = photos_mod.detect_faces
+    monkeypatch.setattr(photos_mod, "detect_faces", lambda images, **kw: calls.append(len(images)) or real(images, **kw))
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["protect", str(album), "-o", str(out), *FAST]).exit_code == 0
+    assert sum(calls) == 3                      # three photos: found when read, reused when written
+    (out / "me" / "astronaut.png").unlink()     # the rerun writes it again: its person's pattern is stored, so
+    calls.clear()                               # nothing is read for a search and its faces are detected anew,
+    r = runner.invoke(app, ["protect", str(album), "-o", str(out), *FAST])   # as are the faceless coffee's
+    assert r.exit_code == 0, r.output
+    assert sum(calls) == 2 and (out / "me" / "astronaut.png").exists()
+
+
 def test_detection_on_a_downscaled_copy_finds_the_same_face_in_full_size_pixels():
     big = np.asarray(Image.fromarray(_rgb("astronaut.png")).resize((2048, 2048), Image.Resampling.BICUBIC))
     (full,) = detect_faces([big])

@@ -274,6 +274,7 @@ class _Run:
         self.entries: dict[str, dict] = {}
         self.log = EntryLog(out)
         self.log_failed = False
+        self.found_faces: dict[Path, list] = {}   # faces mode: path -> faces found when read for the search
         self.search_info: dict = {"phase_seconds": {}}
 
     def notice(self, message: str) -> None:
@@ -326,7 +327,8 @@ class _Run:
         t_write = time.perf_counter()
         max_px = int(cfg.max_megapixels * 1e6)
         pool = ThreadPoolExecutor(max_workers=cfg.workers)
-        futures = [pool.submit(_protect_one, p, h, n, out, cfg, max_px, self.journal) for p, h, n in todo]
+        futures = [pool.submit(_protect_one, p, h, n, out, cfg, max_px, self.journal, self.found_faces.get(p.path))
+                   for p, h, n in todo]
         done = 0
         try:
             for (p, _, _), fut in zip(todo, futures):
@@ -385,7 +387,8 @@ class _Run:
                 return h not in at
         max_px = int(cfg.max_megapixels * 1e6)
         if cfg.faces:  # the aligned crops of its faces
-            preview: Callable = lambda path, data: _face_crops(path, max_px, data, cfg.detect_side)  # noqa: E731
+            preview: Callable = lambda path, data: _face_crops(path, max_px, data, cfg.detect_side,  # noqa: E731
+                                                               self.found_faces)
         else:
             preview = lambda path, data: read_preview(path, cfg.work_size, max_px, data)  # noqa: E731
         scanned = _parallel(lambda p: _scan(p, wants, preview), self.photos, cfg.workers)
@@ -678,24 +681,26 @@ def _load_reference(cfg: PhotoProtectConfig, surrogate_meta: dict) -> ImageTenso
 
 
 def _protect_one(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: PhotoProtectConfig, max_px: int,
-                 journal: Journal) -> dict:
-    entry, err = _safe(_write_protected, p, in_hash, n, out, cfg, max_px, journal)
+                 journal: Journal, faces: list | None = None) -> dict:
+    entry, err = _safe(_write_protected, p, in_hash, n, out, cfg, max_px, journal, faces)
     return {"status": "error", "error": err} if err else entry
 
 
 def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: PhotoProtectConfig, max_px: int,
-                     journal: Journal) -> dict:
+                     journal: Journal, faces: list | None = None) -> dict:
     """Read one photo at full size, add its upsampled δ, write it (checked), and measure the written
-    file as decoded against the original (manifest entry)."""
+    file as decoded against the original (manifest entry). Faces mode: ``faces`` are those found when the
+    same bytes (``in_hash``, checked) were read for the search; None: detect them now (a resumed run)."""
     photo, sha = _read_input(p.path, max_px, cfg.keep_gps)
     if sha != in_hash:
         raise PhotoError("the file changed while it was being protected; run again")
-    faces = None
     if not cfg.faces:
+        faces = None
         shape = noise_shaper(photo.pixels, cfg.search.eps) if cfg.perceptual else None
         pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps, shape=shape)
     else:
-        faces = _faces_of(photo.pixels, cfg.detect_side)[0]
+        if faces is None:
+            faces = _faces_of(photo.pixels, cfg.detect_side)[0]
         if faces:
             m = fit_similarity(np.stack([f.landmarks for f in faces]))
             pixels, noise_levels, _ = paste_faces(photo.pixels, n.delta.expand(len(faces), -1, -1, -1), m,
@@ -776,10 +781,14 @@ def _faces_of(pixels: np.ndarray, detect_side: int) -> tuple[list, np.ndarray]:
     return detect_faces([rgb], max_side=detect_side)[0], rgb
 
 
-def _face_crops(path: Path, max_px: int, data: bytes | None, detect_side: int) -> torch.Tensor:
-    """The faces of one photo as aligned uint8 (F, 3, 112, 112) crops (F = 0 without a face)."""
+def _face_crops(path: Path, max_px: int, data: bytes | None, detect_side: int,
+                found: dict[Path, list] | None = None) -> torch.Tensor:
+    """The faces of one photo as aligned uint8 (F, 3, 112, 112) crops (F = 0 without a face); the faces
+    are also kept in ``found[path]`` so that writing the photo does not detect them again."""
     photo = read_photo(path, max_pixels=max_px, data=data)
     faces, rgb = _faces_of(photo.pixels, detect_side)
+    if found is not None:
+        found[path] = faces
     return aligned_crops(rgb, faces)[0]
 
 
