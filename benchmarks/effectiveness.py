@@ -11,7 +11,9 @@ cpu: balanced 10,000-image subset of CIFAR-10 train, full 10,000-image test set,
      subset, the noise is updated and the stop test (99 %) judged on a stratified 20 % of it;
      ``--classwise-portion 1.0`` measures the variant that updates it on the whole subset.
 gpu: full CIFAR-10, ResNet-18 surrogate and victim, 60 epochs (the paper's Table 1 setting,
-     where sample-wise noise leaves 19.93 % clean test accuracy).
+     where sample-wise noise leaves 19.93 % clean test accuracy). On a lent device (one call of at
+     most 10 minutes, CIFAR-10 too large to travel) ``benchmarks/device_session.sh`` runs it on an
+     exported 16,000-image subset with a round cap and fewer epochs, and says so in its JSON.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def main() -> int:
     p.add_argument("--classwise-portion", type=float, default=None,
                    help="share of each class class-wise noise is updated on (default: the engine's, 0.2)")
     p.add_argument("--stop-accuracy", type=float, default=None, help="default: the engine's (0.99)")
+    p.add_argument("--max-rounds", type=int, default=None, help="round cap (default: the config's); the JSON says "
+                   "whether the search converged before it")
     args = p.parse_args()
     c = CONFIGS[args.config]
     victims = args.victims.split(",") if args.victims else c["victims"]
@@ -57,7 +61,8 @@ def main() -> int:
     out = args.out or tempfile.mkdtemp(prefix=f"unlearnable-bench-{args.mode}-")
     dev = resolve_device(args.device)
     extra = {"classwise_portion": args.classwise_portion} if args.classwise_portion is not None else {}
-    cfg = MinMinConfig(mode=args.mode, max_rounds=c["max_rounds"], stop_accuracy=args.stop_accuracy, **extra)
+    cfg = MinMinConfig(mode=args.mode, max_rounds=args.max_rounds or c["max_rounds"], stop_accuracy=args.stop_accuracy,
+                       **extra)
 
     def log_round(kind, r):
         if kind == "round":

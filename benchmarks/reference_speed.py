@@ -67,23 +67,11 @@ Usage::
     python3 benchmarks/reference_speed.py --config cpu --reference-python /work/refspeed-venv/bin/python \
         --out benchmarks/results/reference-speed-cpu.json
 
-GPU, as one device call. ``.whl/`` is git-ignored; in it travel mlconfig (a 5 kB pure-python
-wheel), a 16,000-image balanced subset (48 MB) and a copy of the reference (2.8 MB; ``../shared``
-does not travel), about 57 MB with the tree, under the 64 MiB limit. The package is copied onto
-``PYTHONPATH``, since the device's python has no editable install. Here, once::
-
-    python3 -m pip download --no-deps -d .whl mlconfig==0.1.0
-    python3 benchmarks/reference_speed.py --export-data .whl/cifar16k --images 16000
-    cp -r ../shared/reference/Unlearnable-Examples .whl/
-
-then ``run`` with ``carry=[".whl"]``, ``timeout_s=600``::
-
-    mkdir -p /tmp/site && cp -r unlearnable /tmp/site/ && cp -r cli /tmp/site/unlearnable/cli &&
-    cp -r models /tmp/site/unlearnable/models && python3 -m pip install -q --no-index --no-deps
-    --target /tmp/site .whl/mlconfig-0.1.0-py3-none-any.whl && export PYTHONPATH=/tmp/site
-    PYTHONUNBUFFERED=1 && python3 benchmarks/reference_speed.py --config gpu --images 16000
-    --data-root .whl/cifar16k --reference-dir .whl/Unlearnable-Examples --rounds 5
-    --reference-timeout 240 --out $OUT/reference-speed-gpu.json
+GPU, as one device call: ``benchmarks/device_session.sh`` (``prepare`` here, then ``run`` on the
+device with ``carry=[".whl"]``). ``.whl/`` is git-ignored; in it travel mlconfig (a 5 kB pure-python
+wheel), a 16,000-image balanced subset with 2,000 test images (exported with ``--export-data``) and a
+copy of the reference (2.8 MB; ``../shared`` does not travel), under the 64 MiB limit with the tree.
+The package is copied onto ``PYTHONPATH``, since the device's python has no editable install.
 
 Prints one JSON object (also written to ``--out`` after every phase, so a killed run keeps what it
 measured). Deviations from the paper's protocol, on purpose: a round cap on both sides (the
@@ -469,6 +457,8 @@ def main() -> int:
     p.add_argument("--order", choices=["ours-first", "reference-first"], default="ours-first",
                    help="which side runs first (on a shared machine, run both orders)")
     p.add_argument("--out", help="also write the JSON here (after every phase)")
+    p.add_argument("--test-images", type=int, default=TEST_IMAGES, help="test images kept (first N; the "
+                   "search never uses them, an exported set for benchmarks/effectiveness.py does)")
     p.add_argument("--export-data", metavar="DIR", help="only write the selected images as "
                    "DIR/cifar-10-batches-py (to carry a subset to a device) and exit")
     args = p.parse_args()
@@ -480,7 +470,7 @@ def main() -> int:
     train = select_images(args.data_root, n, args.seed)
     n = len(train)
     test = load_dataset("cifar10", "test", args.data_root)
-    test = test.subset(torch.arange(min(TEST_IMAGES, len(test))))
+    test = test.subset(torch.arange(min(args.test_images, len(test))))
     if args.export_data:
         base = write_cifar_layout(train, test, Path(args.export_data))
         print(json.dumps({"exported": str(base), "images": n}))
