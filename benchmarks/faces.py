@@ -50,14 +50,17 @@ ROOT = Path(__file__).resolve().parents[1]
 GLINT = ROOT.parent / "shared" / "data" / "faces-glint-sample" / "images"
 BACKGROUNDS = ["coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "camera.png", "retina.jpg"]
 
+# each run of the effect part: the search reference ("shipped": the default non-face bank; "faces": the
+# user's --reference of other faces), eps in 255ths, and any MinMinConfig field over the photo defaults
+RUNS = [{"reference": "shipped", "eps": 8}, {"reference": "faces", "eps": 8}, {"reference": "shipped", "eps": 16}]
 CONFIGS = {
     "cpu": {"protected": ["Barack_Obama", "Keira_Knightley", "Simon_Cowell", "Tom_Hanks"], "photo_side": 960,
             "arch": "smallcnn", "size": 32, "epochs": 40, "batch_size": 64, "lr": 0.01,
-            "exclude": ["Lindsay_Lohan"], "references": [("faces", 8), ("shipped", 8), ("faces", 16)]},
+            "exclude": ["Lindsay_Lohan"], "runs": RUNS},
     "gpu": {"protected": ["Barack_Obama", "Keira_Knightley", "Simon_Cowell", "Tom_Hanks", "Halle_Berry",
                           "Hugh_Laurie"], "photo_side": 1600,
             "arch": "resnet18", "size": 112, "epochs": 60, "batch_size": 128, "lr": 0.1,
-            "exclude": ["Lindsay_Lohan"], "references": [("faces", 8), ("shipped", 8), ("faces", 16)]},
+            "exclude": ["Lindsay_Lohan"], "runs": RUNS},
 }
 
 
@@ -124,20 +127,22 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True) -> l
 
     photos, ref, search_ref = build_folders(cfg, work)
     results = []
-    for reference, eps in cfg["references"] if faces_mode else [("shipped", 8)]:
+    for run in cfg["runs"] if faces_mode else [{"reference": "shipped", "eps": 8}]:
+        run = dict(run)
+        reference, eps = run.pop("reference", "shipped"), run.pop("eps", 8)
         t0 = time.perf_counter()
-        protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=eps / 255), faces=faces_mode, device=device,
-                                     reference=str(search_ref) if reference == "faces" else None)
+        protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=eps / 255, **run), faces=faces_mode,
+                                     device=device, reference=str(search_ref) if reference == "faces" else None)
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
                                  arch=cfg["arch"], train=TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                                                      lr=cfg["lr"]),
                                  protect=protect, faces=True, device=device)
-        rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-{reference}-eps{eps}",
-                                  vcfg)
+        slug = "-".join([reference, f"eps{eps}"] + [f"{k}{v}" for k, v in sorted(run.items())])
+        rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-{slug}", vcfg)
         runs = {r["trained_on"]: r for r in rep["runs"]}
         results.append({
             "protection_mode": "protect --faces" if faces_mode else "protect (whole photo, the default)",
-            "eps_255": eps,
+            "eps_255": eps, "search_overrides": run,
             "search_reference": {"faces": f"--reference: {len(os.listdir(search_ref))} other people's aligned faces "
                                           "(not among the scraper's identities)",
                                  "shipped": "the shipped non-face bank (the default)"}[reference],
@@ -188,10 +193,12 @@ def main() -> None:
     ap.add_argument("--parts", default="effect,whole,speed", help="comma-separated: effect (protect --faces at "
                     "each eps), whole (whole-photo protection, eps 8, same scraper), speed")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--runs", type=json.loads, default=None, help="JSON list of effect runs (default: RUNS), e.g. "
+                    '\'[{"reference": "shipped", "eps": 8, "structure": "lowpass-4"}]\'')
     args = ap.parse_args()
     if not GLINT.is_dir():
         sys.exit(f"needs {GLINT} (../shared/data/faces-glint-sample)")
-    cfg = CONFIGS[args.config]
+    cfg = {**CONFIGS[args.config], **({"runs": args.runs} if args.runs else {})}
     work = args.out or Path(tempfile.mkdtemp(prefix="unlearnable-faces-"))
     work.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))

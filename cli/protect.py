@@ -34,7 +34,8 @@ def protect_cmd(
     reference: Optional[str] = typer.Option(None, "--reference", help="reference dataset (default: the "
                                             "surrogate's shipped bank); with --faces, a folder of other "
                                             "people's aligned faces (one subfolder per person): the surrogate "
-                                            "gets a fresh head over them, measured stronger"),
+                                            "gets a fresh head over them (measured: no better than the "
+                                            "default at 8/255)"),
     max_megapixels: float = typer.Option(150.0, "--max-megapixels", help="refuse larger images "
                                          "(decompression-bomb guard; > 0)"),
     workers: int = typer.Option(2, "--workers", help="threads decoding and encoding photos"),
