@@ -9,8 +9,11 @@ The experiment is ``unlearnable.verify.photos.verify_photo_folder`` in faces mod
 ``unlearnable verify-photos --faces`` runs): a folder with one subfolder per *protected* person; 20 % of
 each person's photos held out clean, the rest protected with ``protect --faces``; a face scraper (MTCNN
 detection, alignment, resize, JPEG 75) feeds two fresh face recognisers trained on every identity: the
-protected people plus half of the *other* people of the sample (their aligned photos, 80 % train / 20 %
-test by sorted file name). The other half is the user's ``--reference`` of other faces for the search,
+protected people plus half of the *other* people of the sample (80 % train / 20 % test by sorted file
+name; their photos are placed into backgrounds and found and aligned by the same scraper, and re-encoded
+with the same JPEG, so that nothing but the faces and the noise tells the two groups apart; before this
+rule, the victim could narrow a protected person's held-out photo down to the four protected people by
+the re-alignment's resampling and the JPEG artifacts alone; ``--raw-others`` keeps the crops as they are). The other half is the user's ``--reference`` of other faces for the search,
 disjoint from the scraper's identities (a user cannot know whom else a scraper's recogniser learns). One
 victim trains on the protected photos, the other on the same photos unprotected. Reported per search
 reference (``faces``: that folder; ``shipped``: the default non-face bank) and ε: held-out recognition of
@@ -92,10 +95,11 @@ def _people() -> dict[str, list[Path]]:
 
 def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path, Path]:
     """The protected people's full-size photos (work/photos/<person>/); the other people, alternately
-    (sorted by name), either the scraper's other identities, their aligned faces split into
-    work/reference/{train,test}/<person>/, or the user's ``--reference`` of other faces for the search,
-    work/search-reference/<person>/ (links). The two sets of people are disjoint: the user cannot know
-    whom else the scraper's recogniser learns."""
+    (sorted by name), either the scraper's other identities, split into work/reference/{train,test}/
+    <person>/ (their photos placed into backgrounds as the protected people's are, then detected and
+    aligned by the face scraper; ``scrape_others`` False: the sample's crops as they are), or the
+    user's ``--reference`` of other faces for the search, work/search-reference/<person>/ (links). The
+    two sets of people are disjoint: the user cannot know whom else the scraper's recogniser learns."""
     rng = np.random.default_rng(seed)
     people = _people()
     photos, ref, search_ref = work / "photos", work / "reference", work / "search-reference"
@@ -103,7 +107,10 @@ def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path, Pat
         (photos / name).mkdir(parents=True)
         for f in people[name]:
             _compose([f], cfg["photo_side"], rng, (0.2, 0.45)).save(photos / name / f"{f.stem}.jpg", quality=95)
+    from unlearnable.verify.faces import scrape_faces
+
     others = [n for n in people if n not in cfg["protected"] and n not in cfg["exclude"]]
+    others_rng = np.random.default_rng(seed + 1)
     for i, name in enumerate(others):
         files = people[name]
         if i % 2:  # the user's reference of other faces: every photo
@@ -114,8 +121,16 @@ def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path, Pat
         cut = int(round(len(files) * 0.8))
         for split, part in (("train", files[:cut]), ("test", files[cut:])):
             (ref / split / name).mkdir(parents=True)
-            for f in part:
-                os.symlink(f, ref / split / name / f.name)
+            if not cfg.get("scrape_others", True):   # the earlier protocol: the sample's own crops
+                for f in part:
+                    os.symlink(f, ref / split / name / f.name)
+                continue
+            # placed into backgrounds and found and aligned by the scraper, as the protected people are
+            # (else the re-alignment's resampling alone would tell the protected people from the others)
+            composed = [np.asarray(_compose([f], cfg["photo_side"], others_rng, (0.2, 0.45))) for f in part]
+            crops, found = scrape_faces(composed)
+            for crop, j in zip(crops, found):
+                Image.fromarray(crop.permute(1, 2, 0).numpy()).save(ref / split / name / f"{part[j].stem}.png")
     return photos, ref, search_ref
 
 
@@ -193,12 +208,14 @@ def main() -> None:
     ap.add_argument("--parts", default="effect,whole,speed", help="comma-separated: effect (protect --faces at "
                     "each eps), whole (whole-photo protection, eps 8, same scraper), speed")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--raw-others", action="store_true", help="the earlier protocol: the scraper's other "
+                    "identities as the sample's aligned crops, not placed into photos and scraped")
     ap.add_argument("--runs", type=json.loads, default=None, help="JSON list of effect runs (default: RUNS), e.g. "
                     '\'[{"reference": "shipped", "eps": 8, "structure": "lowpass-4"}]\'')
     args = ap.parse_args()
     if not GLINT.is_dir():
         sys.exit(f"needs {GLINT} (../shared/data/faces-glint-sample)")
-    cfg = {**CONFIGS[args.config], **({"runs": args.runs} if args.runs else {})}
+    cfg = {**CONFIGS[args.config], **({"runs": args.runs} if args.runs else {}), "scrape_others": not args.raw_others}
     work = args.out or Path(tempfile.mkdtemp(prefix="unlearnable-faces-"))
     work.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from unlearnable.cli.main import app
 from unlearnable.errors import UnlearnableError
 from unlearnable.eval.summary import photo_verdict
-from unlearnable.verify.photos import split_holdout
+from unlearnable.verify.photos import reencoded, split_holdout
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -24,6 +24,26 @@ def test_split_holdout_per_class():
     assert split_holdout(labels, 0.25, seed=0) == (keep, held)
     with pytest.raises(UnlearnableError):
         split_holdout(labels, 1.5, 0)
+
+
+def test_the_reference_is_reencoded_as_the_scraper_reencodes_the_photos():
+    """A victim must not tell the folder's photos from the reference by JPEG artifacts alone."""
+    import numpy as np
+    import torch
+
+    from unlearnable.data.datasets import ImageTensors
+    from unlearnable.noise.views import scraper_pipeline
+
+    with Image.open(SAMPLES / "chelsea.png") as im:
+        rgb = np.asarray(im.convert("RGB").resize((32, 32)))
+    data = ImageTensors(torch.from_numpy(np.stack([rgb, rgb[::-1].copy()])).permute(0, 3, 1, 2).contiguous(),
+                        torch.tensor([0, 1]), ["a", "b"], "ref", {"kept": True})
+    out = reencoded(data, 75)
+    assert out.meta == {"kept": True} and torch.equal(out.labels, data.labels)
+    for x, y in zip(data.images, out.images):
+        assert np.array_equal(y.permute(1, 2, 0).numpy(), scraper_pipeline(x.permute(1, 2, 0).numpy(), 32, 75))
+    assert not torch.equal(out.images, data.images)
+    assert reencoded(data, None) is data
 
 
 def test_verify_photo_folder_cli(cifar_root, tmp_path):
@@ -41,6 +61,7 @@ def test_verify_photo_folder_cli(cifar_root, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "verify-photos.json").read_text())
     assert rep["held_out_clean"] == 2 and rep["protected_for_training"] == 6
+    assert rep["scraper"]["reference_reencoded"] is True and rep["scraper"]["jpeg_quality"] == 75
     assert "cat" not in rep["reference_classes"] and len(rep["reference_classes"]) == 9
     assert [x["trained_on"] for x in rep["runs"]] == ["protected", "unprotected"]
     for run in rep["runs"]:

@@ -26,15 +26,20 @@ whole-photo mode against the same face scraper), and the scraper is a face scrap
 112, then resized to ``size`` and JPEG re-encoded); photos where it finds no face are left out of
 training and testing (counted in the report). The reference is *other people*: a folder of aligned
 face crops, one subfolder per person (with ``train/`` and ``test/`` splits, or one folder used for
-training only), used as they are; its test split measures how well the victim recognises the
-unprotected identities (``reference_test_accuracy``).
+training only); its test split measures how well the victim recognises the unprotected identities
+(``reference_test_accuracy``).
+
+The reference images (both modes) are re-encoded with the scraper's JPEG too: a scraper re-encodes all
+it trains on, and a victim that saw JPEG artifacts on the folder's photos only could tell them from the
+reference classes by the artifacts alone, held-out photos included. (Reports before this rule, e.g. the
+README's earlier verify-photos figures, trained on clean reference images.)
 """
 from __future__ import annotations
 
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +197,9 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     per_class = cfg.reference_per_class or max(10, round(len(train_idx) / len(classes)))
     per_class = min(per_class, int(torch.bincount(ref_train.labels).min()))
     ref_train = ref_train.subset(balanced_subset(ref_train.labels, per_class * len(kept_cls), cfg.seed))
+    # the scraper re-encodes everything it trains on, the reference too: otherwise JPEG's artifacts
+    # alone would tell the folder's photos (train and held out) from the reference classes
+    ref_train, ref_test = reencoded(ref_train, cfg.jpeg_quality), reencoded(ref_test, cfg.jpeg_quality)
     k_ref = len(kept_cls)
     y_photo = torch.tensor([k_ref + classes.index(labels[i]) for i in train_idx])
     y_held = torch.tensor([k_ref + classes.index(labels[i]) for i in held])
@@ -222,6 +230,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         "held_out_files": [str(photos[i].path) for i in held],
         "reference": cfg.reference, "reference_classes": kept_cls, "reference_train_images": len(ref_train),
         "scraper": {"size": cfg.size, "jpeg_quality": cfg.jpeg_quality, "augment": "random crop (pad 4) + flip",
+                    "reference_reencoded": cfg.jpeg_quality is not None,
                     **({"faces": "MTCNN, most confident face, aligned to 112x112", "no_face_photos": no_face}
                        if cfg.faces else {})},
         "victim": cfg.arch, "train": asdict(cfg.train), "device": str(dev),
@@ -242,6 +251,16 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     write_photo_report(out / REPORT_HTML, report, {"clean": clean_x[shown], "protected": prot_x[shown],
                                                    "names": [photos[train_idx[j]].path.name for j in shown]})
     return report
+
+
+def reencoded(data: ImageTensors, quality: int | None) -> ImageTensors:
+    """``data`` (uint8 images at training size) JPEG re-encoded at ``quality`` as the scraper pipeline
+    re-encodes the photos (``noise.views.scraper_pipeline``; None: unchanged)."""
+    if quality is None or not len(data):
+        return data
+    size = data.images.shape[-1]
+    arrays = [scraper_pipeline(x.permute(1, 2, 0).numpy(), size, quality) for x in data.images]
+    return replace(data, images=torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
 
 
 def _keep_classes(data: ImageTensors, keep: list[str]) -> ImageTensors:
