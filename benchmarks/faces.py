@@ -13,7 +13,8 @@ protected people plus half of the *other* people of the sample (80 % train / 20 
 name; their photos are placed into backgrounds and found and aligned by the same scraper, and re-encoded
 with the same JPEG, so that nothing but the faces and the noise tells the two groups apart; before this
 rule, the victim could narrow a protected person's held-out photo down to the four protected people by
-the re-alignment's resampling and the JPEG artifacts alone; ``--raw-others`` keeps the crops as they are). The other half is the user's ``--reference`` of other faces for the search,
+the re-alignment's resampling and the JPEG artifacts alone; ``--raw-others`` keeps their crops as they
+are). The other half is the user's ``--reference`` of other faces for the search,
 disjoint from the scraper's identities (a user cannot know whom else a scraper's recogniser learns). One
 victim trains on the protected photos, the other on the same photos unprotected. Reported per search
 reference (``faces``: that folder; ``shipped``: the default non-face bank) and ε: held-out recognition of
