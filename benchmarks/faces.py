@@ -135,24 +135,24 @@ def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path, Pat
     return photos, ref, search_ref
 
 
-def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True) -> list[dict]:
+def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed: int = 0) -> list[dict]:
     from unlearnable.noise.minmin import MinMinConfig
     from unlearnable.protect.photos import PhotoProtectConfig
     from unlearnable.train.loop import TrainConfig
     from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
 
-    photos, ref, search_ref = build_folders(cfg, work)
+    photos, ref, search_ref = build_folders(cfg, work, seed)
     results = []
     for run in cfg["runs"] if faces_mode else [{"reference": "shipped", "eps": 8}]:
         run = dict(run)
         reference, eps = run.pop("reference", "shipped"), run.pop("eps", 8)
         t0 = time.perf_counter()
-        protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=eps / 255, **run), faces=faces_mode,
+        protect = PhotoProtectConfig(search=MinMinConfig.for_photos(eps=eps / 255, seed=seed, **run), faces=faces_mode,
                                      device=device, reference=str(search_ref) if reference == "faces" else None)
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
                                  arch=cfg["arch"], train=TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                                                                     lr=cfg["lr"]),
-                                 protect=protect, faces=True, device=device)
+                                                                     lr=cfg["lr"], seed=seed),
+                                 protect=protect, faces=True, seed=seed, device=device)
         slug = "-".join([reference, f"eps{eps}"] + [f"{k}{v}" for k, v in sorted(run.items())])
         rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-{slug}", vcfg)
         runs = {r["trained_on"]: r for r in rep["runs"]}
@@ -198,7 +198,8 @@ def run_speed(cfg: dict, work: Path, device: str, n: int = 20) -> dict:
     wall = time.perf_counter() - t0
     s = m["summary"]
     return {"photos": n, "megapixels": 12.0, "faces_placed": placed, "faces_found": s["faces"], "no_face": s["no_face"],
-            "wall_seconds": wall, "phase_seconds": m["search"].get("phase_seconds"), "rounds": m["search"].get("rounds"),
+            "wall_seconds": wall, "phase_seconds": m["search"].get("phase_seconds"),
+            "rounds": m["search"].get("rounds"),
             "mean_face_ssim": s["mean_face_ssim"], "mean_face_psnr": s["mean_face_psnr"], "mean_ssim": s["mean_ssim"]}
 
 
@@ -209,6 +210,8 @@ def main() -> None:
     ap.add_argument("--parts", default="effect,whole,speed", help="comma-separated: effect (protect --faces at "
                     "each eps), whole (whole-photo protection, eps 8, same scraper), speed")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0, help="one seed for the photos' placement, the held-out split, "
+                    "the search and the victims (runs with other seeds show the spread)")
     ap.add_argument("--raw-others", action="store_true", help="the earlier protocol: the scraper's other "
                     "identities as the sample's aligned crops, not placed into photos and scraped")
     ap.add_argument("--runs", type=json.loads, default=None, help="JSON list of effect runs (default: RUNS), e.g. "
@@ -221,15 +224,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     t0 = time.perf_counter()
-    out = {"benchmark": "faces", "config": args.config, "settings": cfg,
+    out = {"benchmark": "faces", "config": args.config, "settings": cfg, "seed": args.seed,
            "data": "faces-glint-sample (23 people from Glint360k, research use only)",
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                       f"{'cuda' if torch.cuda.is_available() else 'cpu'}"}
     try:
         if "effect" in parts:
-            out["effect"] = run_effect(cfg, work / "effect", args.device)
+            out["effect"] = run_effect(cfg, work / "effect", args.device, seed=args.seed)
         if "whole" in parts:  # the default whole-photo mode against the same face scraper
-            out["whole_photo_mode"] = run_effect(cfg, work / "whole", args.device, faces_mode=False)
+            out["whole_photo_mode"] = run_effect(cfg, work / "whole", args.device, faces_mode=False, seed=args.seed)
         if "speed" in parts:
             out["speed"] = run_speed(cfg, work, args.device)
     finally:
