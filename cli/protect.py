@@ -25,7 +25,8 @@ def protect_cmd(
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality of the outputs"),
     keep_gps: bool = typer.Option(False, "--keep-gps/--drop-gps", help="keep the GPS location in EXIF "
                                   "(dropped by default)"),
-    max_rounds: int = typer.Option(20, "--max-rounds", help="min-min round cap"),
+    max_rounds: Optional[int] = typer.Option(None, "--max-rounds", min=1, help="min-min round cap (default 20; "
+                                             "40 with --faces)"),
     steps: int = typer.Option(10, "--steps", help="PGD steps per round"),
     work_size: int = typer.Option(64, "--work-size", min=1, help="side in pixels the noise is searched at "
                                   "(then upsampled to each photo's size)"),
@@ -65,14 +66,16 @@ def protect_cmd(
     protected; 1: some photos or folders failed, or OUT could not be written (listed); 2: usage
     error, nothing done; 130: interrupted (rerun the same command to resume)."""
     from unlearnable.data.storage import OutputError
+    from unlearnable.faces.noise import face_config
     from unlearnable.noise.budget import parse_epsilon
     from unlearnable.noise.minmin import MinMinConfig
     from unlearnable.protect.photos import MANIFEST, PhotoProtectConfig, protect_photos
 
     with user_errors("interrupted: the photos written so far are kept; rerun the same command to resume"), \
             exit_on(OutputError, EXIT_SOME_FAILED):
-        search = MinMinConfig.for_photos(mode=mode, eps=parse_epsilon(eps), max_rounds=max_rounds, steps=steps,
-                                         seed=seed)
+        schedule = face_config if faces else MinMinConfig.for_photos
+        search = schedule(mode=mode, eps=parse_epsilon(eps), steps=steps, seed=seed,
+                          **({"max_rounds": max_rounds} if max_rounds is not None else {}))
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
                                  surrogate=surrogate, reference=reference, quality=quality, keep_gps=keep_gps,
                                  max_megapixels=max_megapixels, workers=workers, metrics=metrics, faces=faces,

@@ -150,6 +150,23 @@ def test_each_photo_is_searched_for_faces_once_and_a_resumed_write_detects_again
     assert sum(calls) == 2 and (out / "me" / "astronaut.png").exists()
 
 
+def test_faces_search_at_most_40_rounds_by_default_and_photos_20(album, tmp_path, monkeypatch):
+    import unlearnable.protect.photos as photos_mod
+    from unlearnable.protect.photos import PhotoProtectConfig
+
+    seen = []
+
+    def capture(inputs, out, cfg, on_event=None):
+        seen.append(cfg.search.max_rounds)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(photos_mod, "protect_photos", capture)
+    for args in (["--faces"], [], ["--faces", "--max-rounds", "7"]):
+        runner.invoke(app, ["protect", str(album), "-o", str(tmp_path / "out"), *args])
+    assert seen == [40, 20, 7]
+    assert PhotoProtectConfig(faces=True).search.max_rounds == 40 and PhotoProtectConfig().search.max_rounds == 20
+
+
 def test_detection_on_a_downscaled_copy_finds_the_same_face_in_full_size_pixels():
     big = np.asarray(Image.fromarray(_rgb("astronaut.png")).resize((2048, 2048), Image.Resampling.BICUBIC))
     (full,) = detect_faces([big])

@@ -66,7 +66,7 @@ from ..eval.quality import max_abs_difference, psnr, ssim, ssim_defined
 from ..events import Event, emitter
 from ..faces.align import CROP_SIZE, fit_similarity
 from ..faces.detect import detect_faces
-from ..faces.noise import SMALL_FACE, aligned_crops, face_noise, paste_faces
+from ..faces.noise import SMALL_FACE, aligned_crops, face_config, face_noise, paste_faces
 from ..faces.surrogate import face_surrogate
 from ..noise.minmin import MinMinConfig
 from ..noise.perceptual import noise_shaper, perceptual_photo_noise, preview_masks, settings as perceptual_settings
@@ -140,6 +140,8 @@ class PhotoProtectConfig:
         ) if not ok]
         if self.faces and self.view == ViewConfig():  # the photo views are the default: take the face views
             self.view = FACE_VIEW
+        if self.faces and self.search == MinMinConfig.for_photos():  # likewise the face schedule (40 rounds)
+            self.search = face_config()
         if self.faces and (self.search.mode != "classwise" or self.label_free):
             bad.append("--faces protects one pattern per person: it needs --mode classwise and folder labels "
                        "(not --label-free)")
