@@ -136,9 +136,7 @@ def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path, Pat
 
 
 def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed: int = 0) -> list[dict]:
-    from unlearnable.faces.noise import face_config
-    from unlearnable.noise.minmin import MinMinConfig
-    from unlearnable.protect.photos import PhotoProtectConfig
+    from unlearnable.protect.photos import PhotoProtectConfig, search_config
     from unlearnable.train.loop import TrainConfig
     from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
 
@@ -148,8 +146,8 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed
         run = dict(run)
         reference, eps = run.pop("reference", "shipped"), run.pop("eps", 8)
         t0 = time.perf_counter()
-        schedule = face_config if faces_mode else MinMinConfig.for_photos   # what the CLI runs
-        protect = PhotoProtectConfig(search=schedule(eps=eps / 255, seed=seed, **run), faces=faces_mode,
+        protect = PhotoProtectConfig(search=search_config(faces_mode, eps=eps / 255, seed=seed, **run),
+                                     faces=faces_mode,
                                      device=device, reference=str(search_ref) if reference == "faces" else None)
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
                                  arch=cfg["arch"], train=TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"],

@@ -66,16 +66,13 @@ def protect_cmd(
     protected; 1: some photos or folders failed, or OUT could not be written (listed); 2: usage
     error, nothing done; 130: interrupted (rerun the same command to resume)."""
     from unlearnable.data.storage import OutputError
-    from unlearnable.faces.noise import face_config
     from unlearnable.noise.budget import parse_epsilon
-    from unlearnable.noise.minmin import MinMinConfig
-    from unlearnable.protect.photos import MANIFEST, PhotoProtectConfig, protect_photos
+    from unlearnable.protect.photos import MANIFEST, PhotoProtectConfig, protect_photos, search_config
 
     with user_errors("interrupted: the photos written so far are kept; rerun the same command to resume"), \
             exit_on(OutputError, EXIT_SOME_FAILED):
-        schedule = face_config if faces else MinMinConfig.for_photos
-        search = schedule(mode=mode, eps=parse_epsilon(eps), steps=steps, seed=seed,
-                          **({"max_rounds": max_rounds} if max_rounds is not None else {}))
+        search = search_config(faces, mode=mode, eps=parse_epsilon(eps), steps=steps, seed=seed,
+                               **({"max_rounds": max_rounds} if max_rounds is not None else {}))
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
                                  surrogate=surrogate, reference=reference, quality=quality, keep_gps=keep_gps,
                                  max_megapixels=max_megapixels, workers=workers, metrics=metrics, faces=faces,

@@ -126,17 +126,14 @@ def verify_photos_cmd(
     one on the unprotected photos, and reports how many held-out photos each still recognises
     (report.html + verify-photos.json)."""
     from unlearnable.eval.summary import photo_verdict_text
-    from unlearnable.faces.noise import face_config
     from unlearnable.noise.budget import parse_epsilon
-    from unlearnable.noise.minmin import MinMinConfig
-    from unlearnable.protect.photos import PhotoProtectConfig
+    from unlearnable.protect.photos import PhotoProtectConfig, search_config
     from unlearnable.train.loop import TrainConfig
     from unlearnable.verify.photos import REPORT, REPORT_HTML, PhotoVerifyConfig, verify_photo_folder
 
     with user_errors():
         root = str(data_root) if data_root else None
-        schedule = face_config if faces else MinMinConfig.for_photos
-        protect = PhotoProtectConfig(search=schedule(eps=parse_epsilon(eps), seed=seed),
+        protect = PhotoProtectConfig(search=search_config(faces, eps=parse_epsilon(eps), seed=seed),
                                      faces=faces, reference=protect_reference, data_root=root, device=device)
         cfg = PhotoVerifyConfig(holdout=holdout, reference=reference, reference_per_class=reference_per_class,
                                 exclude_classes=tuple(split(exclude_class or "")), size=size,

@@ -100,6 +100,12 @@ MEASURED_FACES = {
 }
 
 
+def search_config(faces: bool, **overrides) -> MinMinConfig:
+    """The search schedule of a protect run: the face one (``faces.noise.face_config``) with ``faces``,
+    else the photo one (``MinMinConfig.for_photos``), with ``overrides``."""
+    return (face_config if faces else MinMinConfig.for_photos)(**overrides)
+
+
 @dataclass
 class PhotoProtectConfig:
     """What ``unlearnable protect`` does; ε in [0, 1] pixel units (the CLI's 8 means 8/255)."""

@@ -100,10 +100,16 @@ def _scraped_faces(paths: list[Path], size: int, quality: int | None) -> tuple[t
     """Photos through the face scraper -> uint8 (M, 3, size, size) crops and the indices of the photos
     they came from (those where a face was found): detection and alignment, then resize and JPEG."""
     crops, index = scrape_faces([to_rgb8(read_photo(p).pixels) for p in paths])
-    arrays = [scraper_pipeline(c.permute(1, 2, 0).numpy(), size, quality) for c in crops]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else \
-        torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    return x, index
+    return _through_pipeline(crops, size, quality), index
+
+
+def _through_pipeline(images: torch.Tensor, size: int, quality: int | None) -> torch.Tensor:
+    """uint8 (N, 3, S, S) images through the scraper pipeline (``noise.views.scraper_pipeline``: resize
+    to ``size``, JPEG at ``quality``) -> uint8 (N, 3, size, size)."""
+    arrays = [scraper_pipeline(x.permute(1, 2, 0).numpy(), size, quality) for x in images]
+    if not arrays:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def _per_class(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, first: int, n: int,
@@ -258,9 +264,7 @@ def reencoded(data: ImageTensors, quality: int | None) -> ImageTensors:
     re-encodes the photos (``noise.views.scraper_pipeline``; None: unchanged)."""
     if quality is None or not len(data):
         return data
-    size = data.images.shape[-1]
-    arrays = [scraper_pipeline(x.permute(1, 2, 0).numpy(), size, quality) for x in data.images]
-    return replace(data, images=torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
+    return replace(data, images=_through_pipeline(data.images, data.images.shape[-1], quality))
 
 
 def _keep_classes(data: ImageTensors, keep: list[str]) -> ImageTensors:
