@@ -46,7 +46,13 @@ def test_the_reference_is_reencoded_as_the_scraper_reencodes_the_photos():
     assert reencoded(data, None) is data
 
 
-def test_verify_photo_folder_cli(cifar_root, tmp_path):
+def test_verify_photo_folder_cli(cifar_root, tmp_path, monkeypatch):
+    import unlearnable.verify.photos as verify_mod
+
+    reencoded_sets = []   # what verify-photos re-encodes: the reference's train and test images at q75
+    real = verify_mod.reencoded
+    monkeypatch.setattr(verify_mod, "reencoded",
+                        lambda data, quality: reencoded_sets.append((len(data), quality)) or real(data, quality))
     folder = tmp_path / "me"
     (folder / "me").mkdir(parents=True)
     sources = sorted(SAMPLES.glob("*.png")) + sorted(SAMPLES.glob("*.jpg"))
@@ -62,6 +68,8 @@ def test_verify_photo_folder_cli(cifar_root, tmp_path):
     rep = json.loads((out / "verify-photos.json").read_text())
     assert rep["held_out_clean"] == 2 and rep["protected_for_training"] == 6
     assert rep["scraper"]["reference_reencoded"] is True and rep["scraper"]["jpeg_quality"] == 75
+    assert reencoded_sets[0] == (rep["reference_train_images"], 75) and len(reencoded_sets) == 2
+    assert reencoded_sets[1][0] > 0 and reencoded_sets[1][1] == 75
     assert "cat" not in rep["reference_classes"] and len(rep["reference_classes"]) == 9
     assert [x["trained_on"] for x in rep["runs"]] == ["protected", "unprotected"]
     for run in rep["runs"]:
