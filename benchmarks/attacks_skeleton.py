@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import log
 
 from unlearnable.device import resolve_device
 from unlearnable.skeleton.evaluate import SkeletonAttackConfig, run_skeleton_attack
@@ -38,10 +39,6 @@ CONFIGS = {
     "gpu": {"reaction": ReactionConfig(hidden=256, layers=2, epochs=150),
             "attack": SkeletonAttackConfig(eps=[0.02, 0.05, 0.1], steps=200), "threads": None, "device": "auto"},
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def run(config: str = "cpu") -> dict:

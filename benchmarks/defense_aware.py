@@ -42,15 +42,13 @@ the same per round (kinds may stop after different numbers of rounds).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
-import sys
 import time
 from dataclasses import replace
 
 import numpy as np
 import torch
+from common import config_main, log
 
 from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.device import resolve_device
@@ -79,10 +77,6 @@ CONFIGS = {
                 noise=dict(max_rounds=15), quality_images=1000, threads=2),
 }
 VAL_SHARE = 0.1
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def visibility(clean: torch.Tensor, protected: torch.Tensor) -> dict:
@@ -161,15 +155,5 @@ def run(c: dict) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", choices=sorted(CONFIGS), default="smoke")
-    args = p.parse_args()
-    t0 = time.perf_counter()
-    rec = {"config": args.config, **run(CONFIGS[args.config])}
-    rec["total_seconds"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(rec, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    config_main(__doc__, CONFIGS, run, default="smoke")

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -48,15 +47,20 @@ from pathlib import Path
 
 import torch
 
-from unlearnable.data.datasets import balanced_subset, load_dataset
-from unlearnable.data.label_noise import symmetric_noise
-from unlearnable.data.protected import read_manifest
-from unlearnable.device import resolve_device
-from unlearnable.noise.minmin import MinMinConfig
-from unlearnable.protect.dataset import protect_dataset
-from unlearnable.train.defenses import parse_defenses
-from unlearnable.train.loop import TrainConfig, evaluate
-from unlearnable.verify.matrix import MatrixConfig, clean_cells, load_test, robust_settings, run_cell, verify_defenses
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # common.py, also when loaded by path
+
+from common import log, runtime  # noqa: E402
+
+from unlearnable.data.datasets import balanced_subset, load_dataset  # noqa: E402
+from unlearnable.data.label_noise import symmetric_noise  # noqa: E402
+from unlearnable.data.protected import read_manifest  # noqa: E402
+from unlearnable.device import resolve_device  # noqa: E402
+from unlearnable.noise.minmin import MinMinConfig  # noqa: E402
+from unlearnable.protect.dataset import protect_dataset  # noqa: E402
+from unlearnable.train.defenses import parse_defenses  # noqa: E402
+from unlearnable.train.loop import TrainConfig, evaluate  # noqa: E402
+from unlearnable.verify.matrix import (MatrixConfig, clean_cells, load_test, robust_settings, run_cell,  # noqa: E402
+                                       verify_defenses)
 
 CONFIGS = {
     "cpu": {"subset": 5_000, "test_subset": 2_000, "surrogate": "smallcnn", "matrix_arch": "smallcnn",
@@ -66,10 +70,6 @@ CONFIGS = {
             "family_archs": ["vgg16", "wrn16-4"], "epochs": 60, "at_steps": 10, "at_alpha": 2 / 255,
             "noise_epochs": 120, "max_rounds": 200, "awp_epochs": 200},
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def log_event(prefix: str):
@@ -244,12 +244,6 @@ def robust_generalisation(out: Path, c: dict, data_root, dev) -> dict:
     return {d: {k: v for k, v in r.items() if k not in ("curve", "settings")} |
             {"robust_curve_pgd10": [(r_["epoch"], r_["robust_acc_pgd10"]) for r_ in r["curve"] if "robust_acc_pgd10" in r_]}
             for d, r in results.items()}
-
-
-def runtime(dev: torch.device) -> dict:
-    """Where a figure was measured: the device, its name, CPU threads and torch version."""
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
-    return {"device": str(dev), "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def main() -> int:

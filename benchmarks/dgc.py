@@ -37,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from common import log
 
 from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.data.protected import load_protected
@@ -51,10 +52,6 @@ from unlearnable.train.surrogate import load_surrogate
 
 SWEEP_K = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "planetoid"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _short(r: dict) -> dict:

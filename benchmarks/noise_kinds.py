@@ -45,7 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from defenses import CONFIGS as DEFENSE_CONFIGS, log, log_event, matrix_config, runtime, table  # noqa: E402
+from common import log, runtime  # noqa: E402
+from defenses import CONFIGS as DEFENSE_CONFIGS, log_event, matrix_config, table  # noqa: E402
 
 from unlearnable.data.protected import read_manifest  # noqa: E402
 from unlearnable.device import resolve_device  # noqa: E402

@@ -28,14 +28,13 @@ gpu: full CIFAR-10, ResNet-18 surrogate and victims; EM the engine's defaults (t
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import time
 from dataclasses import replace
 
 import torch
+from common import config_main
 
 from unlearnable.data.datasets import balanced_subset, load_dataset
 from unlearnable.device import resolve_device
@@ -110,15 +109,5 @@ def run(config: dict) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    args = p.parse_args()
-    t0 = time.perf_counter()
-    rec = {"config": args.config, **run(CONFIGS[args.config])}
-    rec["total_seconds"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(rec, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    config_main(__doc__, CONFIGS, run, default="cpu")
