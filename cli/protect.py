@@ -27,7 +27,8 @@ def protect_cmd(
                                   "(dropped by default)"),
     max_rounds: Optional[int] = typer.Option(None, "--max-rounds", min=1, help="min-min round cap (default 20; "
                                              "40 with --faces)"),
-    steps: int = typer.Option(10, "--steps", help="PGD steps per round"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="PGD steps per round (default 10; 20 with "
+                                        "--faces)"),
     work_size: int = typer.Option(64, "--work-size", min=1, help="side in pixels the noise is searched at "
                                   "(then upsampled to each photo's size)"),
     surrogate: str = typer.Option("smallcnn-cifar10", "--surrogate", help="shipped surrogate name or a .pt "
@@ -71,8 +72,8 @@ def protect_cmd(
 
     with user_errors("interrupted: the photos written so far are kept; rerun the same command to resume"), \
             exit_on(OutputError, EXIT_SOME_FAILED):
-        search = search_config(faces, mode=mode, eps=parse_epsilon(eps), steps=steps, seed=seed,
-                               **({"max_rounds": max_rounds} if max_rounds is not None else {}))
+        given = {k: v for k, v in (("max_rounds", max_rounds), ("steps", steps)) if v is not None}
+        search = search_config(faces, mode=mode, eps=parse_epsilon(eps), seed=seed, **given)
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
                                  surrogate=surrogate, reference=reference, quality=quality, keep_gps=keep_gps,
                                  max_megapixels=max_megapixels, workers=workers, metrics=metrics, faces=faces,
