@@ -147,8 +147,8 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed
         reference, eps = run.pop("reference", "shipped"), run.pop("eps", 8)
         t0 = time.perf_counter()
         protect = PhotoProtectConfig(search=search_config(faces_mode, eps=eps / 255, seed=seed, **run),
-                                     faces=faces_mode,
-                                     device=device, reference=str(search_ref) if reference == "faces" else None)
+                                     faces=faces_mode, device=device,
+                                     reference=str(search_ref) if reference == "faces" else None)
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
                                  arch=cfg["arch"], train=TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                                                      lr=cfg["lr"], seed=seed),

@@ -146,7 +146,7 @@ class PhotoProtectConfig:
         ) if not ok]
         if self.faces and self.view == ViewConfig():  # the photo views are the default: take the face views
             self.view = FACE_VIEW
-        if self.faces and self.search == MinMinConfig.for_photos():  # likewise the face schedule (40 rounds)
+        if self.faces and self.search == MinMinConfig.for_photos():  # likewise the face schedule (face_config)
             self.search = face_config()
         if self.faces and (self.search.mode != "classwise" or self.label_free):
             bad.append("--faces protects one pattern per person: it needs --mode classwise and folder labels "
