@@ -43,6 +43,10 @@ def protect_dataset_cmd(
     defense_aware: Optional[str] = typer.Option(
         None, "--defense-aware", help="search through random views of the trainer's defenses: 'all' or a comma "
         "list of standard, grayscale, jpeg (quality 10-50), cutout, resize, mixup, cutmix (after crop + flip)"),
+    warm_start: int = typer.Option(
+        0, "--warm-start", min=0, help="with --defense-aware: plain error-minimizing noise first, for at most this "
+        "many rounds (or until it passes its stop test), then the views from that noise and surrogate (0: off; "
+        "--max-rounds caps both together)"),
     structure: Optional[str] = typer.Option(
         None, "--structure", help="keep the noise structured: luminance (same in R, G, B: grayscale keeps it), "
         "lowpass (4 × 4 blocks; lowpass-K for K × K: JPEG keeps it), or luminance+lowpass"),
@@ -55,6 +59,7 @@ def protect_dataset_cmd(
     done; 1: some images could not be written (listed; rerun to retry); 2: usage error; 130:
     interrupted (rerun the same command to resume)."""
     from unlearnable.distributed import is_writer
+    from unlearnable.errors import UnlearnableError
     from unlearnable.noise.budget import parse_epsilon
     from unlearnable.noise.defense_views import DefenseViewConfig
     from unlearnable.noise.minmin import MinMinConfig
@@ -68,13 +73,17 @@ def protect_dataset_cmd(
                            max_rounds=max_rounds, classwise_portion=classwise_portion, seed=seed,
                            robust=None if robust_radius is None else RobustSettings(radius=robust_radius / 255),
                            structure=structure)
-        views = None if defense_aware is None else DefenseViewConfig.parse(defense_aware)
+        if warm_start and defense_aware is None:
+            raise UnlearnableError("--warm-start needs --defense-aware (it warms the defense-aware search)")
+        views = None if defense_aware is None else DefenseViewConfig.parse(defense_aware, warm_start=warm_start)
         with Reporter("round 1") as on_event:
             manifest = protect_dataset(dataset, out, cfg, arch, subset, data_root, device, on_event=on_event,
                                        work_size=work_size, quality=quality, defense_aware=views)
     if not is_writer():                 # torchrun: rank 0 alone reports
         return
     status = "converged" if manifest["converged"] else f"stopped at the {max_rounds}-round cap"
+    if manifest.get("views_from_round"):
+        status += f", defense views from round {manifest['views_from_round']}"
     console.print(f"[green]protected[/] {manifest['num_images']} images -> {out} "
                   f"({manifest['mode']}, ε={manifest['eps_255']:.3g}/255, {manifest['rounds']} rounds, {status}, "
                   f"surrogate acc {manifest['final_surrogate_acc']:.2%}, noise max |Δ| = {manifest['linf_levels']}/255)")

@@ -4,6 +4,8 @@ mixed loss, the structure projections keep |δ| ≤ ε and are idempotent, the o
 engine and protect-dataset as they were, and the search lowers the loss under the views."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -331,3 +333,87 @@ def test_defense_aware_search_lowers_the_loss_under_the_views(cifar_subset, view
     if views.views == ("grayscale",):
         em = view_loss(searched(DatasetProblem(data, cfg.batch_size)))
         assert da < 0.95 * em, (clean, em, da)
+
+
+# --- warm start: plain EM first, then the views ------------------------------------------------------------
+
+def _model():
+    return build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+
+
+def _logs(history) -> list[tuple]:
+    return [(h.round, h.surrogate_acc, h.surrogate_loss) for h in history]
+
+
+def test_warm_start_is_plain_em_draw_for_draw_then_the_views():
+    cfg = _cfg(rounds=4)
+    em = error_minimizing_noise(_model(), _data(), cfg)
+    warm = defense_aware_noise(_model(), _data(), cfg, views=DefenseViewConfig(warm_start=2))
+    cold = defense_aware_noise(_model(), _data(), cfg)
+    assert warm.views_from == 3 and cold.views_from is None and warm.rounds == 4
+    assert _logs(warm.history[:2]) == _logs(em.history[:2])          # the warm rounds are EM's, bit for bit
+    assert _logs(warm.history[2:]) != _logs(em.history[2:])          # then the views
+    assert _logs(warm.history) != _logs(cold.history)
+    assert float(warm.delta.abs().max()) <= EPS + 1e-7 and not torch.equal(warm.delta, em.delta)
+
+
+def test_warm_start_ends_when_em_passes_its_stop_test(tmp_path):
+    cfg, views = replace(_cfg(rounds=5), stop_accuracy=0.01), DefenseViewConfig(warm_start=3)   # any model passes
+    warm = defense_aware_noise(_model(), _data(), cfg, views=views)
+    assert warm.views_from == 2 and warm.rounds == 2 and warm.converged   # 1 EM round, 1 through the views
+
+    def stop(log):
+        raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt.pt"      # interrupted at the switch, whose stop test passed: the views still run
+    with pytest.raises(KeyboardInterrupt):
+        defense_aware_noise(_model(), _data(), cfg, ckpt, on_round=stop, views=views)
+    resumed = defense_aware_noise(_model(), _data(), cfg, ckpt, views=views)
+    assert resumed.rounds == 2 and torch.equal(resumed.delta, warm.delta)
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 2], ids=["at-the-switch", "after-it"])
+def test_warm_start_resumes_bit_for_bit(tmp_path, interrupt_after):
+    cfg, views = _cfg(rounds=3), DefenseViewConfig(warm_start=1)
+    full = defense_aware_noise(_model(), _data(n=16), cfg, views=views)
+
+    def stop(log):
+        if log.round == interrupt_after:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        defense_aware_noise(_model(), _data(n=16), cfg, ckpt, on_round=stop, views=views)
+    resumed = defense_aware_noise(_model(), _data(n=16), cfg, ckpt, views=views)
+    assert resumed.views_from == full.views_from == 2 and resumed.rounds == 3
+    assert torch.equal(full.delta, resumed.delta) and _logs(full.history) == _logs(resumed.history)
+
+
+def test_warm_start_is_validated_and_off_keeps_the_identity():
+    assert "warm_start" not in DefenseViewConfig().settings()
+    assert DefenseViewConfig(warm_start=3).settings()["warm_start"] == 3
+    with pytest.raises(UnlearnableError, match="warm start"):
+        DefenseViewConfig(warm_start=-1)
+    with pytest.raises(UnlearnableError, match="leave rounds for the views"):
+        defense_aware_noise(_model(), _data(), _cfg(rounds=2), views=DefenseViewConfig(warm_start=2))
+    data, cfg = _data(), _cfg(rounds=1)
+    warm, cold = DefenseAwareProblem(data, 16, DefenseViewConfig(warm_start=1)), DefenseAwareProblem(data, 16)
+    assert _fingerprint(cfg, warm, _model()) != _fingerprint(cfg, cold, _model())
+
+
+def test_cli_warm_start_needs_defense_aware_and_records_the_switch(cifar_root, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from unlearnable.cli.main import app
+
+    args = ["protect-dataset", "cifar10", "--data-root", str(cifar_root), "--arch", "smallcnn", "--subset", "20",
+            "--steps", "1", "--train-steps", "1", "--batch-size", "20", "--max-rounds", "2", "--warm-start", "1"]
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "needs --defense-aware" in r.output
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--defense-aware", "all"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "protected.json").read_text())
+    assert manifest["settings"]["defense_aware"]["warm_start"] == 1 and manifest["views_from_round"] == 2
+    assert manifest["rounds"] == 2 and "defense views from round 2" in r.output

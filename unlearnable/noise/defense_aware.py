@@ -19,6 +19,16 @@ same checkpoint stream) with three changes, and nothing else in the engine diffe
   image of the pool, a mixed image counted right when the prediction is the label of its larger
   share.
 
+Warm start (``DefenseViewConfig.warm_start`` = R > 0; off by default): the search first runs as plain
+EM (``DatasetProblem``'s identity view, batches, loss and stop test, draw for draw, so those rounds
+equal ``error_minimizing_noise``'s) until that passes its stop test or R rounds are done, then goes on
+from that δ and that surrogate through the views, in the same call, checkpoint and round log
+(``advance``; the state records the round the views began, ``views_from``). Why: from scratch, the
+search spends its steps on views that destroy the noise (JPEG-10) and, measured at CPU scale
+(``benchmarks/noise_kinds.py``), had not become a shortcut for a standard trainer after 30 rounds;
+EM finds one, and the views then have a shortcut to make robust. ``max_rounds`` caps both phases
+together and must exceed R.
+
 Deviations from the paper's search, on purpose: the surrogate trains with augmentation (the views;
 the official code trains it on un-augmented images), and the stop test scores views. Under views
 as hard as JPEG-10 the surrogate may never reach the 99 % stop accuracy: the search then runs to
@@ -32,6 +42,7 @@ import os
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.datasets import ImageTensors
@@ -50,34 +61,71 @@ class DefenseAwareProblem(DatasetProblem):
         super().__init__(data, batch_size)
         self.views = views or DefenseViewConfig()
         self._view: DefenseView | None = None
+        self.views_from: int | None = None if self.views.warm_start else 1   # first round through the views
+
+    @property
+    def warming(self) -> bool:
+        """Whether the search is still in its plain-EM warm start (module doc)."""
+        return self.views_from is None
+
+    def advance(self, log: RoundLog, stops: bool) -> bool:
+        """The engine's phase hook: True for the round that ends the warm start (its stop test passed or
+        ``warm_start`` rounds done), from which on every step sees the views; the same answer when asked
+        again about that round (resume)."""
+        if self.warming and (stops or log.round >= self.views.warm_start):
+            self.views_from = log.round + 1
+        return self.views_from == log.round + 1
 
     def fingerprint(self, h) -> None:
         super().fingerprint(h)
         h.update(b"defense-views")
         h.update(json.dumps(self.views.settings(), sort_keys=True).encode())
 
-    def view(self, gen: torch.Generator) -> DefenseView:
-        """A fresh random defense view; the next ``loss_fn`` call scores through it."""
-        self._view = DefenseView(self.views, gen)
+    def view(self, gen: torch.Generator) -> DefenseView | None:
+        """A fresh random defense view (None while warming); the next ``loss_fn`` call scores through it."""
+        self._view = None if self.warming else DefenseView(self.views, gen)
         return self._view
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss of the view the engine's PGD step just took (its mixed loss where it mixed)."""
+        """The loss of the view the engine's PGD step just took (its mixed loss where it mixed; plain
+        cross-entropy while warming)."""
+        if self.warming:
+            return F.cross_entropy(logits, labels)
         if self._view is None:
             raise UnlearnableError("the defense-aware loss needs a view drawn first")
         return self._view.loss(logits, labels)
 
     def train_batch(self, delta_of, gen) -> tuple[torch.Tensor, torch.Tensor]:
         """The next perturbed batch of the stream through a fresh view: (views (B, C, H, W) in [0, 1],
-        soft targets (B, K))."""
+        soft targets (B, K)); while warming, the plain batch and its labels."""
         x, y = super().train_batch(delta_of, gen)
+        if self.warming:
+            return x, y
         view = DefenseView(self.views, gen)
         return view(x), view.soft_targets(y, self.num_groups)
+
+    def state(self) -> dict:
+        s = super().state()
+        return s if not self.views.warm_start else {**s, "views_from": self.views_from}
+
+    def load_state(self, s: dict) -> None:
+        if self.views.warm_start:
+            if not isinstance(s, dict) or "views_from" not in s:
+                raise ValueError("the warm start's phase is missing")
+            v = s["views_from"]
+            if v is not None and (not isinstance(v, int) or v < 2):
+                raise ValueError(f"bad first round of the views: {v!r}")
+            s = {k: x for k, x in s.items() if k != "views_from"}
+            self.views_from = v
+        super().load_state(s)
 
     @torch.no_grad()
     def score(self, model, delta_of, pool, batch_size, gen) -> tuple[float, float]:
         """Accuracy (the larger share's label) and mean loss on a fresh view of every perturbed image
-        of ``pool``, fp32, eval mode."""
+        of ``pool``, fp32, eval mode (while warming, ``DatasetProblem``'s plain stop test)."""
+        if self.warming:
+            return super().score(model, delta_of, pool, batch_size, gen)
+
         def batch(idx: torch.Tensor) -> tuple[int, float]:
             y = self.targets(idx)
             view = DefenseView(self.views, gen)
@@ -100,9 +148,15 @@ def defense_aware_noise(surrogate: nn.Module, data: ImageTensors, config: MinMin
     if cfg.robust is not None or cfg.interaction is not None:
         raise UnlearnableError("the defense-aware search cannot be combined with robust (REM) noise or the "
                                "interaction penalty: both need the identity view")
+    if views is not None and views.warm_start and views.warm_start >= cfg.max_rounds:
+        raise UnlearnableError(f"the warm start ({views.warm_start} rounds) must leave rounds for the views: "
+                               f"raise the round cap ({cfg.max_rounds}) above it")
     device = next(surrogate.parameters()).device
     problem = DefenseAwareProblem(data.to(device), cfg.batch_size, views)
-    return minmin(surrogate, problem, cfg, checkpoint, on_round, on_progress)
+    result = minmin(surrogate, problem, cfg, checkpoint, on_round, on_progress)
+    if problem.views.warm_start:
+        result.views_from = problem.views_from
+    return result
 
 
 __all__ = ["DefenseAwareProblem", "defense_aware_noise"]

@@ -75,7 +75,9 @@ def parse_views(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 class DefenseViewConfig:
     """A defense view (module doc): ``views`` drawn uniformly per image after the trainer's crop
     (``padding`` px) + flip (``crop_flip``); JPEG quality range (inclusive, IJG 1..100), cutout side
-    (px), resize side as a share of the image's, mixup/cutmix α."""
+    (px), resize side as a share of the image's, mixup/cutmix α. ``warm_start`` (rounds; 0: off) is a
+    setting of the search rather than of a view: plain EM (no views) first, for at most that many rounds
+    or until it passes its stop test, then the views (``noise.defense_aware``)."""
 
     views: tuple[str, ...] = VIEWS
     crop_flip: bool = True
@@ -84,6 +86,7 @@ class DefenseViewConfig:
     cutout_size: int = 16
     resize_scale: tuple[float, float] = (0.5, 0.75)
     mix_alpha: float = 1.0
+    warm_start: int = 0
 
     def __post_init__(self) -> None:
         self.views = parse_views(self.views)
@@ -97,6 +100,8 @@ class DefenseViewConfig:
             raise UnlearnableError(f"resize scale must satisfy 0 < low <= high <= 1, got {self.resize_scale}")
         if self.padding < 0 or self.cutout_size < 1 or not self.mix_alpha > 0:
             raise UnlearnableError("defense view: padding >= 0, cutout size >= 1 and mix alpha > 0 required")
+        if self.warm_start < 0:
+            raise UnlearnableError(f"warm start must be >= 0 rounds (0: off), got {self.warm_start}")
 
     @classmethod
     def parse(cls, spec: str, **overrides) -> "DefenseViewConfig":
@@ -104,8 +109,12 @@ class DefenseViewConfig:
         return cls(views=parse_views(spec), **overrides)
 
     def settings(self) -> dict:
-        """The settings as plain JSON types (manifests, fingerprints)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The settings as plain JSON types (manifests, fingerprints); ``warm_start`` only when on, so runs
+        without it keep the identity they had before it existed."""
+        s = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not s["warm_start"]:
+            del s["warm_start"]
+        return s
 
 
 def resize_down_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

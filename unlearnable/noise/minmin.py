@@ -199,6 +199,7 @@ class MinMinResult:
     history: list[RoundLog] = field(default_factory=list)
     converged: bool = False
     seconds: float = 0.0
+    views_from: int | None = None   # defense-aware warm start: the first round through the views
 
     @property
     def rounds(self) -> int:
@@ -218,7 +219,10 @@ class Problem(Protocol):
     sample's pixel range before the class mean (the reference's rule for datasets) or only onto the
     ε-ball (a pattern shared by photos that differ, each clipped when it is applied).
     ``loss_fn``: the loss PGD descends. Optional ``shardable`` (absent: False): whether the search may be
-    shared by torchrun's ranks (``unlearnable.distributed``)."""
+    shared by torchrun's ranks (``unlearnable.distributed``). Optional ``advance(log, stops) -> bool``
+    (absent: never): called after every round's stop test (and on resume with the last round), True when
+    the problem moves on to its next phase after round ``log.round``, so the search goes on although
+    ``stops`` (the stop test passed); it must answer the same when asked again about that round."""
 
     groups: torch.Tensor
     num_groups: int
@@ -416,7 +420,13 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
         search_pool = pool_dev if classwise else pool_dev[lo:hi]
         a, b = dctx.row_ranges(len(pool_dev), cfg.batch_size)[dctx.rank]
         score_pool = pool_dev[a:b]
-    converged = bool(history) and cfg.stops(history[-1])
+    advance = getattr(problem, "advance", None)
+
+    def done(log: RoundLog) -> bool:
+        stops = cfg.stops(log)
+        return not (advance is not None and advance(log, stops)) and stops
+
+    converged = bool(history) and done(history[-1])
     while not converged and len(history) < cfg.max_rounds:
         t0 = time.perf_counter()
         # 1) a few SGD steps of the surrogate on the currently perturbed data
@@ -442,7 +452,7 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
         history.append(log)
         logger.info("round %d: surrogate acc on perturbed data %.4f, loss %.4f (%.1fs)",
                     log.round, acc, loss_val, seconds)
-        converged = cfg.stops(log)
+        converged = done(log)
         if ckpt is not None:
             state = {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model": surrogate.state_dict(),
                      "optimizer": optimizer.state_dict(), "delta": delta.cpu(),

@@ -199,6 +199,7 @@ def protect_dataset(dataset: str, out_dir: str | os.PathLike, config: MinMinConf
             "rounds": result.rounds, "converged": result.converged,
             "final_surrogate_acc": result.history[-1].surrogate_acc if result.history else None,
             "history": [asdict(h) for h in result.history],
+            **({} if result.views_from is None else {"views_from_round": result.views_from}),
             "generation_seconds": result.seconds, "wall_seconds_this_call": time.perf_counter() - t0,
             "device": str(dev), "linf_levels": levels, "budget_levels": budget,
             "linf_levels_means": "max |protected - clean| in /255 levels at the working size, before encoding",
