@@ -12,6 +12,7 @@ Prints one JSON object on stdout (progress on stderr).
     python benchmarks/defense_aware.py --config cpu     # run it alone; estimated about 2 h on 2 cores (not yet
                                                         # run: from EM's 985 s for 15 rounds on 10,000 images,
                                                         # results/effectiveness-cpu-samplewise.json)
+    python benchmarks/defense_aware.py --config cost    # generation cost only, every kind and REM: ~25 min
 
 Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate):
     em                    plain error-minimising noise (Huang et al., arXiv 2101.04898), the engine's defaults
@@ -25,6 +26,11 @@ Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate):
     lowpass               EM with ``structure='lowpass-4'`` (4 × 4 block-constant)
     luminance+lowpass     both projections
     defense-aware+luminance+lowpass   the views and both projections
+    rem (cost only)       REM (Fu et al., arXiv 2203.14533; ``noise.robust``) at ``benchmarks/noise_kinds.py``'s
+                          cpu settings: 5 noise steps of 1.6/255, ρ_a = 4/255 with PGD-3 of 2/255, 1 EOT draw,
+                          batch 128
+    rem-paper (cost only) REM at the official settings (``rem_config()``: 10 noise steps of 1.6/255, ρ_a = 4/255
+                          with PGD-10 of 0.8/255, 5 EOT draws, batch 128)
 
 smoke: 200 training images (20 per class), 200 test images, 3 PGD steps per round, at most 2 rounds,
        victims 2 epochs; 1 thread. Only checks that every part runs: its figures mean nothing.
@@ -35,6 +41,11 @@ cpu:   the defended matrix's scale (``benchmarks/defenses.py`` cpu): a balanced 
        99 %: it then runs all 15), victims 10 epochs, batch 128, crop + flip, SGD lr 0.1 cosine, clip 5
        (the shared recipe), JPEG-10 and grayscale as in ``train.defenses``; PSNR/SSIM on the first
        1,000 protected images; 2 threads.
+cost:  the generation cost alone, side by side (issue 13: each kind's time relative to plain min-min in
+       one run): 1,000 CIFAR-10 training images (100 per class), every kind above for exactly 2 rounds
+       (``min_rounds`` = ``max_rounds`` = 2, so no kind stops early), the engine's defaults otherwise;
+       no victims; 2 threads. A kind's full cost is its seconds per round times the rounds it needs
+       (``benchmarks/noise_kinds.py`` reports those at 5,000 images).
 
 Generation time is measured on the same machine in the same process, one kind after the other, so
 the ratios compare like with like; ``relative_time`` is total time over EM's, ``relative_time_per_round``
@@ -57,10 +68,11 @@ from unlearnable.noise.budget import apply_noise_uint8
 from unlearnable.noise.defense_aware import defense_aware_noise
 from unlearnable.noise.defense_views import DefenseViewConfig
 from unlearnable.noise.minmin import MinMinConfig, error_minimizing_noise
+from unlearnable.noise.robust import RobustSettings
 from unlearnable.train.loop import TrainConfig, build_model
 from unlearnable.verify.matrix import MatrixConfig, run_cell, split_validation
 
-KINDS: dict[str, dict] = {
+KINDS: dict[str, dict] = {   # "noise": engine settings that replace the config's; "rem": REM's robust settings
     "em": {},
     "defense-aware": {"views": "all"},
     "defense-aware-nocrop": {"views": "all", "crop_flip": False},
@@ -68,13 +80,21 @@ KINDS: dict[str, dict] = {
     "lowpass": {"structure": "lowpass"},
     "luminance+lowpass": {"structure": "luminance+lowpass"},
     "defense-aware+luminance+lowpass": {"views": "all", "structure": "luminance+lowpass"},
+    "rem": {"noise": dict(steps=5, step_size=1.6 / 255, batch_size=128),
+            "rem": dict(radius=4 / 255, steps=3, step_size=2 / 255, samples=1)},
+    "rem-paper": {"noise": dict(steps=10, step_size=1.6 / 255, batch_size=128), "rem": {}},
 }
+VICTIM_KINDS = [k for k in KINDS if not k.startswith("rem")]
 DEFENSES = ["standard", "grayscale", "jpeg"]
 CONFIGS = {
     "smoke": dict(train_size=200, test_size=200, surrogate="smallcnn", victim="smallcnn", epochs=2,
-                  noise=dict(steps=3, batch_size=100, max_rounds=2), quality_images=200, threads=1),
+                  noise=dict(steps=3, batch_size=100, max_rounds=2), quality_images=200, threads=1,
+                  kinds=VICTIM_KINDS, victims=True),
     "cpu": dict(train_size=5000, test_size=2000, surrogate="smallcnn", victim="smallcnn", epochs=10,
-                noise=dict(max_rounds=15), quality_images=1000, threads=2),
+                noise=dict(max_rounds=15), quality_images=1000, threads=2, kinds=VICTIM_KINDS, victims=True),
+    "cost": dict(train_size=1000, test_size=0, surrogate="smallcnn", victim=None, epochs=0,
+                 noise=dict(min_rounds=2, max_rounds=2), quality_images=1000, threads=2, kinds=list(KINDS),
+                 victims=False),
 }
 VAL_SHARE = 0.1
 
@@ -93,7 +113,9 @@ def visibility(clean: torch.Tensor, protected: torch.Tensor) -> dict:
 
 def generate(kind: str, spec: dict, train_set, c: dict, device) -> tuple[torch.Tensor, dict]:
     """The protected uint8 images of ``kind`` and its generation record."""
-    cfg = MinMinConfig(mode="samplewise", structure=spec.get("structure"), **c["noise"])
+    robust = None if "rem" not in spec else RobustSettings(**spec["rem"])
+    cfg = MinMinConfig(mode="samplewise", structure=spec.get("structure"), robust=robust,
+                       **{**c["noise"], **spec.get("noise", {})})
     surrogate = build_model(c["surrogate"], train_set.num_classes, train_set.images.shape[1], 0, device)
 
     def on_round(r) -> None:
@@ -107,7 +129,8 @@ def generate(kind: str, spec: dict, train_set, c: dict, device) -> tuple[torch.T
         views = None
         res = error_minimizing_noise(surrogate, train_set, cfg, on_round=on_round)
     seconds = time.perf_counter() - t0
-    rec = {"settings": cfg.settings(), "views": views.settings() if views else None, "rounds": res.rounds,
+    rec = {"settings": cfg.settings(), "views": views.settings() if views else None,
+           "per_round_seconds": [round(h.seconds, 2) for h in res.history], "rounds": res.rounds,
            "converged": res.converged, "final_stop_test_acc": res.history[-1].surrogate_acc,
            "final_stop_test_loss": round(res.history[-1].surrogate_loss, 4), "seconds": round(seconds, 1),
            "seconds_per_round": round(seconds / res.rounds, 2)}
@@ -118,17 +141,20 @@ def run(c: dict) -> dict:
     if c.get("threads"):
         torch.set_num_threads(c["threads"])
     device = resolve_device("cpu")
-    train_full, test_full = load_dataset("cifar10", "train"), load_dataset("cifar10", "test")
+    train_full = load_dataset("cifar10", "train")
     train_set = train_full.subset(balanced_subset(train_full.labels, c["train_size"], 0))
-    test_set = test_full.subset(balanced_subset(test_full.labels, c["test_size"], 0))
-    tr_idx, val_idx = split_validation(train_set.labels, VAL_SHARE, 0)
-    mc = MatrixConfig(archs=[c["victim"]], defenses=DEFENSES, train=TrainConfig(epochs=c["epochs"]),
-                      robust_images=0, patterns_for=[], val_share=VAL_SHARE)
     out: dict = {"benchmark": "defense_aware", "dataset": "cifar10", "train_images": len(train_set),
-                 "victim_train_images": len(tr_idx), "val_images": len(val_idx), "test_images": len(test_set),
-                 "surrogate": c["surrogate"], "victim": c["victim"], "epochs": c["epochs"], "defenses": DEFENSES,
+                 "surrogate": c["surrogate"],
                  "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device.type}",
                  "torch": torch.__version__, "kinds": {}}
+    if c["victims"]:
+        test_full = load_dataset("cifar10", "test")
+        test_set = test_full.subset(balanced_subset(test_full.labels, c["test_size"], 0))
+        tr_idx, val_idx = split_validation(train_set.labels, VAL_SHARE, 0)
+        mc = MatrixConfig(archs=[c["victim"]], defenses=DEFENSES, train=TrainConfig(epochs=c["epochs"]),
+                          robust_images=0, patterns_for=[], val_share=VAL_SHARE)
+        out.update(victim_train_images=len(tr_idx), val_images=len(val_idx), test_images=len(test_set),
+                   victim=c["victim"], epochs=c["epochs"], defenses=DEFENSES)
 
     def victims(name: str, images: torch.Tensor) -> dict:
         data = replace(train_set, images=images)
@@ -141,12 +167,14 @@ def run(c: dict) -> dict:
             log(f"victim {defense} on {name}: chosen {rec['chosen_test_acc']:.4f} (epoch {rec['chosen_epoch']})")
         return acc
 
-    out["clean"] = victims("clean", train_set.images)
+    if c["victims"]:
+        out["clean"] = victims("clean", train_set.images)
     q = c["quality_images"]
-    for kind, spec in KINDS.items():
-        protected, rec = generate(kind, spec, train_set, c, device)
+    for kind in c["kinds"]:
+        protected, rec = generate(kind, KINDS[kind], train_set, c, device)
         rec["visibility"] = visibility(train_set.images[:q], protected[:q])
-        rec["accuracy"] = victims(kind, protected)
+        if c["victims"]:
+            rec["accuracy"] = victims(kind, protected)
         out["kinds"][kind] = rec
     em = out["kinds"]["em"]
     for rec in out["kinds"].values():
