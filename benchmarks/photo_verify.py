@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18-narrow")
     ap.add_argument("--mode", default="classwise")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--search", default="{}", help="JSON object of other search settings (MinMinConfig.for_photos "
+                                                   "overrides), e.g. '{\"steps\": 20}'")
     ap.add_argument("--no-jpeg", action="store_true", help="scraper pipeline without the JPEG re-encode")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--device", default="auto")
@@ -62,6 +64,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="keep the exported photos, protected copies and report.html here "
                                                 "(a new folder; default: a temp folder, removed)")
     args = ap.parse_args()
+    overrides = json.loads(args.search)
+    if not isinstance(overrides, dict):
+        ap.error("--search takes a JSON object")
     t0 = time.perf_counter()
     if args.out and Path(args.out).exists():
         ap.error(f"--out {args.out} exists: give a new folder")
@@ -73,12 +78,14 @@ def main() -> None:
             holdout=args.holdout, reference="cifar10", reference_per_class=args.per_class,
             exclude_classes=(args.cls,), jpeg_quality=None if args.no_jpeg else 75, arch=args.arch,
             train=TrainConfig(epochs=args.epochs, seed=args.seed),
-            protect=PhotoProtectConfig(search=MinMinConfig.for_photos(mode=args.mode, max_rounds=args.rounds, seed=args.seed),
+            protect=PhotoProtectConfig(search=MinMinConfig.for_photos(**{"mode": args.mode, "max_rounds": args.rounds,
+                                                                         "seed": args.seed, **overrides}),
                                        device=args.device, data_root=args.data_root),
             seed=args.seed, data_root=args.data_root, device=args.device)
         report = verify_photo_folder(folder.parent, Path(tmp) / "verify", cfg)
     report.pop("held_out_files", None)
     report["benchmark"] = "photo_verify"
+    report["search_overrides"] = overrides
     report["photo_set"] = (f"CIFAR-10 test images of class '{args.cls}', first {args.photos}, "
                            f"upscaled to {args.photo_size}px JPEG q95")
     report["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
