@@ -15,6 +15,9 @@ Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate, same seed):
     rem            robust EM (Fu et al., arXiv 2203.14533; ``noise.robust``), ρ_a = 4/255
     defense-aware  EM searched through the trainer's defenses (``noise.defense_aware``, all views)
     defense-aware+luminance+lowpass   the same, δ kept in luminance and 4 × 4 blocks (``noise.structure``)
+    em+luminance+lowpass-8   EM (no views) with δ in luminance and constant over 8 × 8 blocks, JPEG's own
+                  block size: each block moves only the DC coefficient of the JPEG block it covers (of the
+                  blocks it straddles after the trainer's crop), the coefficient JPEG-10 quantises least
     em+defense-aware   defense-aware with a warm start (``DefenseViewConfig.warm_start``): the em kind's search
                   (same settings and seed, so the same rounds) until it converges, then all views from that
                   noise and surrogate
@@ -60,7 +63,8 @@ from unlearnable.protect.dataset import protect_dataset  # noqa: E402
 from unlearnable.verify.matrix import verify_defenses  # noqa: E402
 
 DEFENSES_8 = ["standard", "at", "jpeg", "grayscale", "cutout", "mixup", "cutmix"]
-KINDS = ("em", "rem", "defense-aware", "defense-aware+luminance+lowpass", "em+defense-aware")
+KINDS = ("em", "rem", "defense-aware", "defense-aware+luminance+lowpass", "em+defense-aware",
+         "em+luminance+lowpass-8")
 CONFIGS = {
     "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "warm_start": (30, 50), "at4_alpha": 1.5 / 255,
             "rem": dict(steps=5, step_size=1.6 / 255, batch_size=128, max_rounds=15,
@@ -81,7 +85,8 @@ def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig |
         r = dict(c["rem"])
         robust = RobustSettings(**r.pop("robust"))
         return MinMinConfig(mode="samplewise", robust=robust, **r), None
-    structure = "luminance+lowpass" if kind.endswith("+luminance+lowpass") else None
+    structure = ("luminance+lowpass" if kind.endswith("+luminance+lowpass")
+                 else "luminance+lowpass-8" if kind == "em+luminance+lowpass-8" else None)
     if kind == "em+defense-aware":
         warm, cap = c["warm_start"]
         return MinMinConfig(mode="samplewise", max_rounds=cap), DefenseViewConfig.parse("all", warm_start=warm)
