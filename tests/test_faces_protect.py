@@ -150,22 +150,24 @@ def test_each_photo_is_searched_for_faces_once_and_a_resumed_write_detects_again
     assert sum(calls) == 2 and (out / "me" / "astronaut.png").exists()
 
 
-def test_faces_search_40_rounds_of_20_steps_by_default_and_photos_20_of_10(album, tmp_path, monkeypatch):
+def test_faces_search_40_rounds_of_20_steps_and_30_train_steps_by_default_photos_20_10_10(album, tmp_path,
+                                                                                       monkeypatch):
     import unlearnable.protect.photos as photos_mod
     from unlearnable.protect.photos import PhotoProtectConfig
 
     seen = []
 
     def capture(inputs, out, cfg, on_event=None):
-        seen.append((cfg.search.max_rounds, cfg.search.steps))
+        seen.append((cfg.search.max_rounds, cfg.search.steps, cfg.search.train_steps))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(photos_mod, "protect_photos", capture)
     for args in (["--faces"], [], ["--faces", "--max-rounds", "7"], ["--faces", "--steps", "5"], ["--steps", "30"]):
         runner.invoke(app, ["protect", str(album), "-o", str(tmp_path / "out"), *args])
-    assert seen == [(40, 20), (20, 10), (7, 20), (40, 5), (20, 30)]
+    assert seen == [(40, 20, 30), (20, 10, 10), (7, 20, 30), (40, 5, 30), (20, 30, 10)]
     face, photo = PhotoProtectConfig(faces=True).search, PhotoProtectConfig().search
-    assert (face.max_rounds, face.steps, photo.max_rounds, photo.steps) == (40, 20, 20, 10)
+    assert (face.max_rounds, face.steps, face.train_steps) == (40, 20, 30)
+    assert (photo.max_rounds, photo.steps, photo.train_steps) == (20, 10, 10)
 
 
 def test_detection_on_a_downscaled_copy_finds_the_same_face_in_full_size_pixels():
