@@ -16,8 +16,8 @@ Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate, same seed):
     defense-aware  EM searched through the trainer's defenses (``noise.defense_aware``, all views)
     defense-aware+luminance+lowpass   the same, δ kept in luminance and 4 × 4 blocks (``noise.structure``)
     em+luminance+lowpass-8   EM (no views) with δ in luminance and constant over 8 × 8 blocks, JPEG's own
-                  block size: each block moves only the DC coefficient of the JPEG block it covers (of the
-                  blocks it straddles after the trainer's crop), the coefficient JPEG-10 quantises least
+                  block size: a block changes only the means (DC coefficients) of the JPEG blocks it covers,
+                  which JPEG rounds (at quality 10 to steps of 10 levels) but does not drop (not yet measured)
     em+defense-aware   defense-aware with a warm start (``DefenseViewConfig.warm_start``): the em kind's search
                   (same settings and seed, so the same rounds) until it converges, then all views from that
                   noise and surrogate
@@ -33,8 +33,9 @@ cpu: ``benchmarks/defenses.py``'s cpu scale: a balanced 5,000-image subset of CI
      on 1,000 test images. EM and defense-aware: the engine's defaults (20 PGD steps of 0.8/255, 10
      surrogate steps, batch 512) capped at 30 rounds; REM: ``rem_config`` scaled down as in
      ``benchmarks/rem.py`` cpu (5 noise steps of 1.6/255, ρ_a 4/255 with PGD-3 of 2/255, 1 EOT draw,
-     batch 128), capped at 15 rounds; em+defense-aware: warm start of at most 30 rounds, 50 in all. Clean cells have no pattern readout, so they do not depend on
-     the protection and are trained once and shared by every kind.
+     batch 128), capped at 15 rounds; em+defense-aware: warm start of at most 30 rounds, 50 in all.
+     Clean cells have no pattern readout, so they do not depend on the protection and are trained once
+     and shared by every kind.
 smoke: 200 images, 1 round, 1 epoch: checks that every part runs (a few minutes); its figures mean nothing.
 gpu: full CIFAR-10, ResNet-18 surrogate and victims, 60 epochs, PGD-10 of 2/255 (8/255) and 0.8/255
      (4/255) training, the official REM settings; many GPU hours.
