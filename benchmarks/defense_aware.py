@@ -92,9 +92,8 @@ CONFIGS = {
                   kinds=VICTIM_KINDS, victims=True),
     "cpu": dict(train_size=5000, test_size=2000, surrogate="smallcnn", victim="smallcnn", epochs=10,
                 noise=dict(max_rounds=15), quality_images=1000, threads=2, kinds=VICTIM_KINDS, victims=True),
-    "cost": dict(train_size=1000, test_size=0, surrogate="smallcnn", victim=None, epochs=0,
-                 noise=dict(min_rounds=2, max_rounds=2), quality_images=1000, threads=2, kinds=list(KINDS),
-                 victims=False),
+    "cost": dict(train_size=1000, surrogate="smallcnn", noise=dict(min_rounds=2, max_rounds=2), quality_images=1000,
+                 threads=2, kinds=list(KINDS), victims=False),
 }
 VAL_SHARE = 0.1
 

@@ -64,8 +64,14 @@ from unlearnable.protect.dataset import protect_dataset  # noqa: E402
 from unlearnable.verify.matrix import verify_defenses  # noqa: E402
 
 DEFENSES_8 = ["standard", "at", "jpeg", "grayscale", "cutout", "mixup", "cutmix"]
-KINDS = ("em", "rem", "defense-aware", "defense-aware+luminance+lowpass", "em+defense-aware",
-         "em+luminance+lowpass-8")
+KINDS = {   # kind -> its structure, whether it searches through all defense views, whether it warm-starts
+    "em": dict(structure=None, views=False, warm=False),
+    "rem": None,                                       # the REM settings of the config (``c["rem"]``)
+    "defense-aware": dict(structure=None, views=True, warm=False),
+    "defense-aware+luminance+lowpass": dict(structure="luminance+lowpass", views=True, warm=False),
+    "em+defense-aware": dict(structure=None, views=True, warm=True),
+    "em+luminance+lowpass-8": dict(structure="luminance+lowpass-8", views=False, warm=False),
+}
 CONFIGS = {
     "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "warm_start": (30, 50), "at4_alpha": 1.5 / 255,
             "rem": dict(steps=5, step_size=1.6 / 255, batch_size=128, max_rounds=15,
@@ -82,17 +88,14 @@ TARGET_PROTECTED, TARGET_CLEAN = 0.30, 0.45
 
 def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig | None]:
     """The engine settings and the defense views (or None) of noise ``kind``."""
-    if kind == "rem":
+    spec = KINDS[kind]
+    if spec is None:
         r = dict(c["rem"])
         robust = RobustSettings(**r.pop("robust"))
         return MinMinConfig(mode="samplewise", robust=robust, **r), None
-    structure = ("luminance+lowpass" if kind.endswith("+luminance+lowpass")
-                 else "luminance+lowpass-8" if kind == "em+luminance+lowpass-8" else None)
-    if kind == "em+defense-aware":
-        warm, cap = c["warm_start"]
-        return MinMinConfig(mode="samplewise", max_rounds=cap), DefenseViewConfig.parse("all", warm_start=warm)
-    views = DefenseViewConfig.parse("all") if kind.startswith("defense-aware") else None
-    return MinMinConfig(mode="samplewise", max_rounds=c["max_rounds"], structure=structure), views
+    warm, cap = c["warm_start"] if spec["warm"] else (0, c["max_rounds"])
+    views = DefenseViewConfig.parse("all", warm_start=warm) if spec["views"] else None
+    return MinMinConfig(mode="samplewise", max_rounds=cap, structure=spec["structure"]), views
 
 
 def protect(out: Path, kind: str, c: dict, data_root, dev) -> Path:

@@ -44,7 +44,6 @@ import os
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.datasets import ImageTensors
@@ -92,7 +91,7 @@ class DefenseAwareProblem(DatasetProblem):
         """The loss of the view the engine's PGD step just took (its mixed loss where it mixed; plain
         cross-entropy while warming)."""
         if self.warming:
-            return F.cross_entropy(logits, labels)
+            return super().loss_fn(logits, labels)
         if self._view is None:
             raise UnlearnableError("the defense-aware loss needs a view drawn first")
         return self._view.loss(logits, labels)

@@ -422,9 +422,10 @@ def minmin(surrogate: nn.Module, problem: Problem, config: MinMinConfig | None =
         score_pool = pool_dev[a:b]
     advance = getattr(problem, "advance", None)
 
-    def done(log: RoundLog) -> bool:
+    def done(log: RoundLog) -> bool:      # the stop test passed, and the problem has no next phase to start
         stops = cfg.stops(log)
-        return not (advance is not None and advance(log, stops)) and stops
+        moves_on = advance is not None and advance(log, stops)   # asked every round: a phase may end at a cap
+        return stops and not moves_on
 
     converged = bool(history) and done(history[-1])
     while not converged and len(history) < cfg.max_rounds:
