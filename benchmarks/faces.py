@@ -55,7 +55,8 @@ GLINT = ROOT.parent / "shared" / "data" / "faces-glint-sample" / "images"
 BACKGROUNDS = ["coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "camera.png", "retina.jpg"]
 
 # each run of the effect part: the search reference ("shipped": the default non-face bank; "faces": the
-# user's --reference of other faces), eps in 255ths, and any MinMinConfig field over the photo defaults
+# user's --reference of other faces), eps in 255ths, optionally "surrogate_start" (fresh or pretrained;
+# default: the product's), and any MinMinConfig field over the face defaults
 RUNS = [{"reference": "shipped", "eps": 8}, {"reference": "faces", "eps": 8}, {"reference": "shipped", "eps": 16}]
 CONFIGS = {
     "cpu": {"protected": ["Barack_Obama", "Keira_Knightley", "Simon_Cowell", "Tom_Hanks"], "photo_side": 960,
@@ -145,20 +146,22 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed
     for run in cfg["runs"] if faces_mode else [{"reference": "shipped", "eps": 8}]:
         run = dict(run)
         reference, eps = run.pop("reference", "shipped"), run.pop("eps", 8)
+        start = run.pop("surrogate_start", None)
         t0 = time.perf_counter()
         protect = PhotoProtectConfig(search=search_config(faces_mode, eps=eps / 255, seed=seed, **run),
-                                     faces=faces_mode, device=device,
+                                     faces=faces_mode, device=device, surrogate_start=start,
                                      reference=str(search_ref) if reference == "faces" else None)
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
                                  arch=cfg["arch"], train=TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                                                      lr=cfg["lr"], seed=seed),
                                  protect=protect, faces=True, seed=seed, device=device)
-        slug = "-".join([reference, f"eps{eps}"] + [f"{k}{v}" for k, v in sorted(run.items())])
+        slug = "-".join([reference, f"eps{eps}"] + [f"{k}{v}" for k, v in sorted(run.items())]
+                        + ([f"start-{start}"] if start else []))
         rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-{slug}", vcfg)
         runs = {r["trained_on"]: r for r in rep["runs"]}
         results.append({
             "protection_mode": "protect --faces" if faces_mode else "protect (whole photo, the default)",
-            "eps_255": eps, "search_overrides": run,
+            "eps_255": eps, "search_overrides": run, "surrogate_start": protect.surrogate_start,
             "search_reference": {"faces": f"--reference: {len(os.listdir(search_ref))} other people's aligned faces "
                                           "(not among the scraper's identities)",
                                  "shipped": "the shipped non-face bank (the default)"}[reference],

@@ -10,7 +10,9 @@ Cases (each on the CLI's defaults unless named):
   photos-sw    the same, sample-wise;
   dataset-sw   ``protect-dataset cifar10`` sample-wise, SmallCNN surrogate, 200-image subset, 2 rounds;
   dataset-cw   the same, class-wise, 3 rounds;
-  folder       ``protect-dataset`` on an ImageFolder of 6 sample photos of mixed sizes (2 classes).
+  folder       ``protect-dataset`` on an ImageFolder of 6 sample photos of mixed sizes (2 classes);
+  faces        ``protect --faces`` on ``samples/astronaut.png`` (the face defaults: detection, alignment,
+               the face schedule, paste-back).
 Manifests and journals (``*.json``, ``*.jsonl``) record timings, so they are listed by name only;
 the engine checkpoint is skipped for the same reason. A photo search state (``search.pt``) records
 the settings by name too, so its tensors are hashed one by one instead of the file.
@@ -61,6 +63,8 @@ def main() -> int:
         for i, q in enumerate(photos[:6]):
             (folder / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
             shutil.copy(q, folder / ("a" if i % 2 else "b") / q.name)
+        (tmp / "faces-in").mkdir()
+        shutil.copy(ROOT / "samples" / "astronaut.png", tmp / "faces-in")
         cases = {
             "photos": ["protect", str(ROOT / "samples"), "-o", str(tmp / "photos")],
             "photos-sw": ["protect", str(ROOT / "samples"), "-o", str(tmp / "photos-sw"), "--mode", "samplewise"],
@@ -70,6 +74,7 @@ def main() -> int:
                            "--subset", "200", "--max-rounds", "3", "--mode", "classwise"],
             "folder": ["protect-dataset", str(folder), "-o", str(tmp / "folder"), "--arch", "smallcnn",
                        "--max-rounds", "2"],
+            "faces": ["protect", str(tmp / "faces-in"), "-o", str(tmp / "faces"), "--faces"],
         }
         for name, argv in cases.items():
             run = subprocess.run([args.unlearnable, *argv, "--device", "cpu"], capture_output=True, text=True)

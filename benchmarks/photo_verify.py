@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--search", default="{}", help="JSON object of other search settings (MinMinConfig.for_photos "
                                                    "overrides), e.g. '{\"steps\": 20}'")
+    ap.add_argument("--surrogate-start", choices=["fresh", "pretrained"], default=None,
+                    help="where the search's surrogate starts (default: the product's, fresh)")
+    ap.add_argument("--perceptual", action="store_true", help="protect with --perceptual (the JND budget)")
     ap.add_argument("--no-jpeg", action="store_true", help="scraper pipeline without the JPEG re-encode")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--device", default="auto")
@@ -80,12 +83,16 @@ def main() -> None:
             train=TrainConfig(epochs=args.epochs, seed=args.seed),
             protect=PhotoProtectConfig(search=MinMinConfig.for_photos(**{"mode": args.mode, "max_rounds": args.rounds,
                                                                          "seed": args.seed, **overrides}),
-                                       device=args.device, data_root=args.data_root),
+                                       surrogate_start=args.surrogate_start, perceptual=args.perceptual,
+                                       device=args.device,
+                                       data_root=args.data_root),
             seed=args.seed, data_root=args.data_root, device=args.device)
         report = verify_photo_folder(folder.parent, Path(tmp) / "verify", cfg)
     report.pop("held_out_files", None)
     report["benchmark"] = "photo_verify"
     report["search_overrides"] = overrides
+    report["surrogate_start"] = cfg.protect.surrogate_start
+    report["perceptual"] = args.perceptual
     report["photo_set"] = (f"CIFAR-10 test images of class '{args.cls}', first {args.photos}, "
                            f"upscaled to {args.photo_size}px JPEG q95")
     report["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}

@@ -33,6 +33,10 @@ def protect_cmd(
                                   "(then upsampled to each photo's size)"),
     surrogate: str = typer.Option("smallcnn-cifar10", "--surrogate", help="shipped surrogate name or a .pt "
                                   "from train-surrogate"),
+    surrogate_start: Optional[str] = typer.Option(None, "--surrogate-start", help="fresh: the search trains the "
+                                                  "surrogate's architecture from scratch, as the paper does "
+                                                  "(default; measured stronger); pretrained: from its weights "
+                                                  "(the default with --face-weights)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="reference dataset (default: the "
                                             "surrogate's shipped bank); with --faces, a folder of other "
                                             "people's aligned faces (one subfolder per person): the surrogate "
@@ -75,7 +79,8 @@ def protect_cmd(
         given = {k: v for k, v in (("max_rounds", max_rounds), ("steps", steps)) if v is not None}
         search = search_config(faces, mode=mode, eps=parse_epsilon(eps), seed=seed, **given)
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
-                                 surrogate=surrogate, reference=reference, quality=quality, keep_gps=keep_gps,
+                                 surrogate=surrogate, surrogate_start=surrogate_start,
+                                 reference=reference, quality=quality, keep_gps=keep_gps,
                                  max_megapixels=max_megapixels, workers=workers, metrics=metrics, faces=faces,
                                  no_face=no_face, detect_side=detect_side,
                                  face_weights=str(face_weights) if face_weights else None, perceptual=perceptual,

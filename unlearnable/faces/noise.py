@@ -6,7 +6,9 @@ WebFace with *class-wise* noise at ε = 16/255 on 112 × 112 aligned crops, the 
 recogniser itself trained during the search. Here:
 
 - **Problem**: the reference-bank problem of the photo pipeline (``noise.problems.ReferenceBankProblem``):
-  the faces' people are appended as new classes to a surrogate pretrained on a reference set, each
+  the faces' people are appended as new classes to the surrogate of a reference set (by default its
+  architecture initialised afresh, as the paper trains its face surrogate during the search; measured
+  far stronger than its pretrained weights, README "Where the search's surrogate starts"), each
   surrogate step trains on clean reference images plus perturbed faces, and every PGD step goes through
   a random view. Only the inputs differ: the "photos" are aligned face crops and the classes people.
 - **Views** (``noise.views.FACE_VIEW``): a scraper of faces re-detects and re-aligns each face to the

@@ -7,10 +7,12 @@ search, arXiv 2101.04898 Sec. 4.4).
   loaded from a facenet-pytorch state dict. Measured on this project's 2-core CPU, one of its steps on 32
   crops at 112 px costs 40× the small surrogate's at 32 px, so it is the choice for a GPU.
 - Without: the shipped photo surrogate's backbone (``smallcnn-cifar10``, 32 px input) with the fresh
-  head. Why one would want it: with the shipped non-face bank, the surrogate tells a person from cars
+  head; its weights count only with ``--surrogate-start pretrained`` (by default the search starts the
+  whole network afresh, ``protect.photos.PhotoProtectConfig.surrogate_start``).
+  Why one would want it: with the shipped non-face bank, the surrogate tells a person from cars
   and frogs by content alone, so the search only has to make the *protected* people tell apart from
-  each other, while a face recogniser must also tell them from everyone else's face. Measured
-  (``benchmarks/faces.py --config cpu``, README "Faces"), it does not pay at ε = 8/255: 57.5 % of the
+  each other, while a face recogniser must also tell them from everyone else's face. Measured with the
+  pretrained start (``benchmarks/faces.py --config cpu``, README "Faces"), it does not pay at ε = 8/255: 57.5 % of the
   protected people's held-out photos recognised with 9 other people's faces as the reference, 45 % with
   the shipped bank (same run, 80 held-out photos each).
 

@@ -6,7 +6,9 @@ Three phases, each resumable:
    ``--label-free``, a cluster) are decoded once at reduced scale, from the very bytes that were
    hashed, and squashed to ``work_size`` × ``work_size``. Unreadable files get one error line and are
    left out.
-2. *Search*: ``photo_noise`` against the embedded (or a given) surrogate and reference bank. The
+2. *Search*: ``photo_noise`` against the embedded (or a given) surrogate's architecture, initialised
+   afresh from the seed by default (``surrogate_start``; ``--surrogate-start pretrained``: its
+   weights), and its reference bank. The
    patterns are saved to ``OUT/.unlearnable/search.pt`` with the hashes and classes they were
    searched for, so a crash in phase 3 does not redo it, and *a class keeps one pattern*: a photo
    added to a class after a finished run gets that class's stored pattern (``"pattern":
@@ -73,9 +75,10 @@ from ..noise.perceptual import noise_shaper, perceptual_photo_noise, preview_mas
 from ..noise.problems import photo_noise
 from ..noise.upsample import EPS_TOLERANCE, apply_noise
 from ..noise.views import FACE_VIEW, ViewConfig
-from ..train.surrogate import DEFAULT_NAME, load_reference, load_surrogate
+from ..train.surrogate import DEFAULT_NAME, fresh_surrogate, load_reference, load_surrogate
 
 NO_FACE_RULES = ("skip", "whole")
+SURROGATE_STARTS = ("fresh", "pretrained")
 MANIFEST = "manifest.json"
 STATE = "search.pt"
 FORMAT = "unlearnable-protected-photos/1"
@@ -118,6 +121,9 @@ class PhotoProtectConfig:
     label_free: bool = False        # pseudo-classes from clustering instead of folder names
     clusters: int | None = None     # number of pseudo-classes with label_free (default: about n/5, 2..10)
     surrogate: str = DEFAULT_NAME   # shipped name or path of a .pt from `unlearnable train-surrogate`
+    # "fresh": the search trains the surrogate's architecture from scratch (train.surrogate.fresh_surrogate),
+    # "pretrained": from its weights; None: fresh, or pretrained with face_weights (README "surrogate start")
+    surrogate_start: str | None = None
     reference: str | None = None    # None: the surrogate's shipped bank; else a dataset name / ImageFolder
     reference_per_class: int = 50
     quality: int = 95               # JPEG/WebP quality of the outputs
@@ -143,7 +149,14 @@ class PhotoProtectConfig:
             ("reference per class", self.reference_per_class, self.reference_per_class >= 1, ">= 1"),
             ("no-face rule", self.no_face, self.no_face in NO_FACE_RULES, " or ".join(NO_FACE_RULES)),
             ("detection side", self.detect_side, self.detect_side >= 64, ">= 64"),
+            ("surrogate start", self.surrogate_start, self.surrogate_start in SURROGATE_STARTS + (None,),
+             " or ".join(SURROGATE_STARTS)),
         ) if not ok]
+        if self.surrogate_start is None:
+            self.surrogate_start = "pretrained" if self.face_weights else "fresh"
+        if self.face_weights and self.surrogate_start == "fresh":
+            bad.append("--face-weights gives a pretrained surrogate; --surrogate-start fresh would discard its "
+                       "weights")
         if self.faces and self.view == ViewConfig():  # the photo views are the default: take the face views
             self.view = FACE_VIEW
         if self.faces and self.search == MinMinConfig.for_photos():  # likewise the face schedule (face_config)
@@ -165,6 +178,8 @@ class PhotoProtectConfig:
         if not self.faces:  # settings of photo mode stay what they were before faces existed
             for k in ("faces", "no_face", "detect_side", "face_weights"):
                 s.pop(k)
+        if self.surrogate_start == "pretrained":  # settings of pretrained runs stay what they were before
+            s.pop("surrogate_start")
         if self.perceptual:
             s["perceptual"] = perceptual_settings()
         else:  # settings without the perceptual budget stay what they were before it existed
@@ -498,12 +513,19 @@ class _Run:
                                   int(cfg.max_megapixels * 1e6))
             search = functools.partial(perceptual_photo_noise, masks=masks)
         delta, history = search(
-            x, y, len(local), surrogate, _load_reference(cfg, self.smeta), cfg.search,
+            x, y, len(local), self.search_model(surrogate), _load_reference(cfg, self.smeta), cfg.search,
             on_round=lambda r: self.emit("round", asdict(r)),
             on_progress=lambda phase, d, t: self.emit("progress", {"phase": f"searching noise ({phase})", "done": d,
                                                                    "total": t}),
             view=cfg.view, reference_batch=cfg.reference_batch, photo_batch=cfg.photo_batch)
         return self.merge(state, ready, local, y, delta, history, centroids)
+
+    def search_model(self, surrogate):
+        """The surrogate the min-min starts from: ``surrogate`` itself, or (``surrogate_start`` fresh) its
+        architecture initialised afresh from the search seed. Label-free clustering keeps the pretrained one."""
+        if self.cfg.surrogate_start == "pretrained":
+            return surrogate
+        return fresh_surrogate(surrogate, self.cfg.search.seed)
 
     def search_faces(self, ready: list[tuple[PhotoFile, str, torch.Tensor]], state: dict | None,
                      labels: dict[str, str], surrogate) -> tuple[dict, dict]:
@@ -516,7 +538,8 @@ class _Run:
         if not local:
             return state, None
         delta, history = face_noise(
-            torch.cat(crops), torch.tensor(people), len(local), surrogate, _load_reference(cfg, self.smeta),
+            torch.cat(crops), torch.tensor(people), len(local), self.search_model(surrogate),
+            _load_reference(cfg, self.smeta),
             cfg.search, view=cfg.view,
             on_round=lambda r: self.emit("round", asdict(r)),
             on_progress=lambda phase, d, t: self.emit("progress", {"phase": f"searching noise ({phase})",
@@ -621,7 +644,7 @@ class _Run:
             "format": FORMAT, "tool": "unlearnable", "version": __version__, "torch": str(torch.__version__),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(self.dev),
             "surrogate": {"name": smeta.get("name"), "arch": smeta.get("arch"), "dataset": smeta.get("dataset"),
-                          "test_accuracy": smeta.get("test_accuracy"),
+                          "test_accuracy": smeta.get("test_accuracy"), "start": cfg.surrogate_start,
                           "file": str(self.weights_file) if self.weights_file else f"(shipped) {smeta.get('name')}"},
             "seed": cfg.search.seed, "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
             "measured": {**MEASURED, **(MEASURED_FACES if cfg.faces else {})}, "settings": self.settings,

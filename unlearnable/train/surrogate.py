@@ -5,13 +5,18 @@ class-balanced *reference bank* of that dataset's images, shipped as package dat
 Why both: the min-min search (arXiv 2101.04898, Eq. 2) needs a classifier over the photos'
 classes *and* other classes to tell them from; a flat folder of one person's photos is one
 class, so the reference bank supplies the "everything else" the surrogate is trained against.
-The pretrained weights give the surrogate natural-image features from the first round.
+The photo and face searches start from the architecture initialised afresh by default
+(``fresh_surrogate``), as the paper's min-min does: measured, noise that the pretrained surrogate finds
+easy to learn leans on its learnt features, which a victim trained from scratch does not have (README
+"Where the search's surrogate starts"). The pretrained weights serve ``--surrogate-start pretrained``
+and ``--label-free`` clustering.
 
 ``train_surrogate`` is the recipe that produced the shipped files (``unlearnable
 train-surrogate``); the model card next to the weights records its command, data and accuracy.
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import sys
@@ -130,6 +135,26 @@ def load_surrogate(name_or_path: str | os.PathLike = DEFAULT_NAME,
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     model.eval()
     return model, meta
+
+
+def fresh_surrogate(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every layer initialised afresh (each module's ``reset_parameters``,
+    batch-norm statistics included), drawn from ``seed`` on the CPU generator whatever the device, so
+    seeded runs match across devices; ``model`` is left unchanged. The photo and face searches start
+    from it by default (``PhotoProtectConfig.surrogate_start``): the paper's min-min trains its surrogate
+    from scratch along with the noise (arXiv 2101.04898, Sec. 3 and 4.4). Raises ``ValueError`` for a
+    module that holds parameters but cannot reset them."""
+    device = next(model.parameters()).device
+    model = copy.deepcopy(model).to("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, m in model.named_modules():
+            if callable(getattr(m, "reset_parameters", None)):
+                m.reset_parameters()
+            elif any(True for _ in m.parameters(recurse=False)):
+                raise ValueError(f"cannot initialise {name or 'the model'} ({type(m).__name__}) afresh: it has "
+                                 "parameters and no reset_parameters()")
+    return model.to(device)
 
 
 def load_reference(name_or_path: str | os.PathLike = DEFAULT_NAME) -> ImageTensors:

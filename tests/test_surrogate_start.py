@@ -1,0 +1,104 @@
+"""Where the photo and face searches' surrogate starts: its architecture initialised afresh from the seed
+(the default, as the paper's min-min) or its pretrained weights."""
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+import unlearnable.protect.photos as photos_mod
+from unlearnable.cli.main import app
+from unlearnable.data.photos.files import UsageError
+from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.protect.photos import PhotoProtectConfig, protect_photos
+from unlearnable.train.surrogate import fresh_surrogate, load_surrogate
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
+
+
+def _floats(model: nn.Module) -> dict:
+    return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def test_fresh_surrogate_redraws_every_layer_from_the_seed_and_leaves_the_model_alone():
+    model, _ = load_surrogate()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a, b, c = fresh_surrogate(model, 0), fresh_surrogate(model, 0), fresh_surrogate(model, 1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())   # the pretrained one untouched
+    for k, v in _floats(a).items():
+        if k.endswith("running_mean"):
+            assert torch.equal(v, torch.zeros_like(v)), k
+        elif k.endswith("running_var"):
+            assert torch.equal(v, torch.ones_like(v)), k
+        else:
+            assert not torch.equal(v, before[k]), k          # every weight and bias drawn again
+        assert torch.equal(v, _floats(b)[k]), k              # from the seed
+    assert all(not torch.equal(v, _floats(c)[k]) for k, v in _floats(a).items() if k.endswith("weight")
+               and v.dim() > 1)
+    assert type(a) is type(model) and a.get_classifier().out_features == model.get_classifier().out_features
+
+
+def test_a_layer_that_cannot_be_reset_is_an_error_not_a_silently_pretrained_one():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(torch.full((1,), 3.0))
+
+    with pytest.raises(ValueError, match="Scale"):
+        fresh_surrogate(nn.Sequential(nn.Linear(2, 2), Scale()), 0)
+
+
+def test_surrogate_start_defaults_rules_and_identity():
+    assert PhotoProtectConfig().surrogate_start == "fresh"
+    assert PhotoProtectConfig(faces=True).surrogate_start == "fresh"
+    assert PhotoProtectConfig(faces=True, face_weights="w.pt").surrogate_start == "pretrained"
+    with pytest.raises(UsageError, match="--face-weights"):
+        PhotoProtectConfig(faces=True, face_weights="w.pt", surrogate_start="fresh")
+    with pytest.raises(UsageError, match="surrogate start"):
+        PhotoProtectConfig(surrogate_start="warm")
+    assert PhotoProtectConfig().fingerprint()["surrogate_start"] == "fresh"   # a resume never mixes the two
+    assert "surrogate_start" not in PhotoProtectConfig(surrogate_start="pretrained").fingerprint()
+
+
+@pytest.mark.parametrize("start", [None, "fresh", "pretrained"])
+def test_the_search_starts_from_the_chosen_surrogate(tmp_path, monkeypatch, start):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut.png", "coffee.png"):
+        with Image.open(SAMPLES / name) as im:
+            im.convert("RGB").resize((80, 60)).save(folder / name)
+    seen = []
+    real = photos_mod.photo_noise
+
+    def capture(photos, labels, num_classes, surrogate, *a, **kw):
+        seen.append({k: v.clone() for k, v in _floats(surrogate).items()})
+        return real(photos, labels, num_classes, surrogate, *a, **kw)
+
+    monkeypatch.setattr(photos_mod, "photo_noise", capture)
+    cfg = PhotoProtectConfig(search=MinMinConfig.for_photos(max_rounds=1, steps=1, train_steps=1, seed=3),
+                             workers=1, metrics=False, surrogate_start=start)
+    m = protect_photos([folder], tmp_path / "out", cfg)
+    shipped = load_surrogate()[0]
+    want = _floats(shipped if start == "pretrained" else fresh_surrogate(shipped, 3))
+    assert len(seen) == 1 and seen[0].keys() == want.keys()
+    assert all(torch.equal(seen[0][k], want[k]) for k in want)
+    assert m["surrogate"]["start"] == (start or "fresh") and m["summary"]["ok"] == 2
+
+
+def test_cli_surrogate_start_option(tmp_path, monkeypatch):
+    seen = []
+
+    def capture(inputs, out, cfg, on_event=None):
+        seen.append(cfg.surrogate_start)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(photos_mod, "protect_photos", capture)
+    for args in ([], ["--surrogate-start", "pretrained"], ["--faces", "--surrogate-start", "fresh"]):
+        runner.invoke(app, ["protect", str(SAMPLES), "-o", str(tmp_path / "out"), *args])
+    assert seen == ["fresh", "pretrained", "fresh"]
+    r = runner.invoke(app, ["protect", str(SAMPLES), "-o", str(tmp_path / "out"), "--surrogate-start", "warm"])
+    assert r.exit_code == 2 and "surrogate start" in r.output and not (tmp_path / "out").exists()
