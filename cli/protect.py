@@ -32,7 +32,8 @@ def protect_cmd(
     work_size: int = typer.Option(64, "--work-size", min=1, help="side in pixels the noise is searched at "
                                   "(then upsampled to each photo's size)"),
     surrogate: str = typer.Option("smallcnn-cifar10", "--surrogate", help="shipped surrogate name or a .pt "
-                                  "from train-surrogate"),
+                                  "from train-surrogate: its architecture and reference bank (its weights too "
+                                  "with --surrogate-start pretrained)"),
     surrogate_start: Optional[str] = typer.Option(None, "--surrogate-start", help="fresh: the search trains the "
                                                   "surrogate's architecture from scratch, as the paper does "
                                                   "(default; measured stronger); pretrained: from its weights "
