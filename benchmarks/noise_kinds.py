@@ -17,7 +17,8 @@ Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate, same seed):
     defense-aware+luminance+lowpass   the same, δ kept in luminance and 4 × 4 blocks (``noise.structure``)
     em+luminance+lowpass-8   EM (no views) with δ in luminance and constant over 8 × 8 blocks, JPEG's own
                   block size: a block changes only the means (DC coefficients) of the JPEG blocks it covers,
-                  which JPEG rounds (at quality 10 to steps of 10 levels) but does not drop (not yet measured)
+                  which JPEG rounds (at quality 10 to steps of 10 levels) but does not drop (measured on CPU:
+                  protects against nothing, README)
     em+defense-aware   defense-aware with a warm start (``DefenseViewConfig.warm_start``): the em kind's search
                   (same settings and seed, so the same rounds) until it converges, then all views from that
                   noise and surrogate
