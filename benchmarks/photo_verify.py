@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--search", default="{}", help="JSON object of other search settings (MinMinConfig.for_photos "
                                                    "overrides), e.g. '{\"steps\": 20}'")
     ap.add_argument("--surrogate-start", choices=["fresh", "pretrained"], default=None,
-                    help="where the search's surrogate starts (default: the product's, fresh)")
+                    help="where the search's surrogate starts (default: the product's for whole photos, pretrained)")
     ap.add_argument("--perceptual", action="store_true", help="protect with --perceptual (the JND budget)")
     ap.add_argument("--no-jpeg", action="store_true", help="scraper pipeline without the JPEG re-encode")
     ap.add_argument("--data-root", default=None)

@@ -35,9 +35,10 @@ def protect_cmd(
                                   "from train-surrogate: its architecture and reference bank (its weights too "
                                   "with --surrogate-start pretrained)"),
     surrogate_start: Optional[str] = typer.Option(None, "--surrogate-start", help="fresh: the search trains the "
-                                                  "surrogate's architecture from scratch, as the paper does "
-                                                  "(default; measured stronger); pretrained: from its weights "
-                                                  "(the default with --face-weights)"),
+                                                  "surrogate's architecture from scratch, as the paper does (the "
+                                                  "default with --faces: measured far stronger); pretrained: from "
+                                                  "its weights (the default for whole photos and with "
+                                                  "--face-weights)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="reference dataset (default: the "
                                             "surrogate's shipped bank); with --faces, a folder of other "
                                             "people's aligned faces (one subfolder per person): the surrogate "

@@ -1,5 +1,5 @@
 """Where the photo and face searches' surrogate starts: its architecture initialised afresh from the seed
-(the default, as the paper's min-min) or its pretrained weights."""
+(as the paper's min-min; the default for faces) or its pretrained weights (the default for whole photos)."""
 from pathlib import Path
 
 import pytest
@@ -53,15 +53,17 @@ def test_a_layer_that_cannot_be_reset_is_an_error_not_a_silently_pretrained_one(
 
 
 def test_surrogate_start_defaults_rules_and_identity():
-    assert PhotoProtectConfig().surrogate_start == "fresh"
+    assert PhotoProtectConfig().surrogate_start == "pretrained"
     assert PhotoProtectConfig(faces=True).surrogate_start == "fresh"
     assert PhotoProtectConfig(faces=True, face_weights="w.pt").surrogate_start == "pretrained"
     with pytest.raises(UsageError, match="--face-weights"):
         PhotoProtectConfig(faces=True, face_weights="w.pt", surrogate_start="fresh")
     with pytest.raises(UsageError, match="surrogate start"):
         PhotoProtectConfig(surrogate_start="warm")
-    assert PhotoProtectConfig().fingerprint()["surrogate_start"] == "fresh"   # a resume never mixes the two
-    assert "surrogate_start" not in PhotoProtectConfig(surrogate_start="pretrained").fingerprint()
+    # a resume never mixes the two; the pretrained identity stays what it was before the option existed
+    assert PhotoProtectConfig(surrogate_start="fresh").fingerprint()["surrogate_start"] == "fresh"
+    assert PhotoProtectConfig(faces=True).fingerprint()["surrogate_start"] == "fresh"
+    assert "surrogate_start" not in PhotoProtectConfig().fingerprint()
 
 
 @pytest.mark.parametrize("start", [None, "fresh", "pretrained"])
@@ -83,10 +85,10 @@ def test_the_search_starts_from_the_chosen_surrogate(tmp_path, monkeypatch, star
                              workers=1, metrics=False, surrogate_start=start)
     m = protect_photos([folder], tmp_path / "out", cfg)
     shipped = load_surrogate()[0]
-    want = _floats(shipped if start == "pretrained" else fresh_surrogate(shipped, 3))
+    want = _floats(fresh_surrogate(shipped, 3) if start == "fresh" else shipped)
     assert len(seen) == 1 and seen[0].keys() == want.keys()
     assert all(torch.equal(seen[0][k], want[k]) for k in want)
-    assert m["surrogate"]["start"] == (start or "fresh") and m["summary"]["ok"] == 2
+    assert m["surrogate"]["start"] == (start or "pretrained") and m["summary"]["ok"] == 2
 
 
 def test_cli_surrogate_start_option(tmp_path, monkeypatch):
@@ -97,8 +99,29 @@ def test_cli_surrogate_start_option(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(photos_mod, "protect_photos", capture)
-    for args in ([], ["--surrogate-start", "pretrained"], ["--faces", "--surrogate-start", "fresh"]):
+    for args in ([], ["--surrogate-start", "fresh"], ["--faces"], ["--faces", "--surrogate-start", "pretrained"]):
         runner.invoke(app, ["protect", str(SAMPLES), "-o", str(tmp_path / "out"), *args])
-    assert seen == ["fresh", "pretrained", "fresh"]
+    assert seen == ["pretrained", "fresh", "fresh", "pretrained"]
     r = runner.invoke(app, ["protect", str(SAMPLES), "-o", str(tmp_path / "out"), "--surrogate-start", "warm"])
     assert r.exit_code == 2 and "surrogate start" in r.output and not (tmp_path / "out").exists()
+
+
+def test_the_face_search_starts_fresh_by_default(tmp_path, monkeypatch):
+    folder = tmp_path / "me"
+    folder.mkdir()
+    with Image.open(SAMPLES / "astronaut.png") as im:
+        im.convert("RGB").save(folder / "astronaut.png")
+    seen = []
+    real = photos_mod.face_noise
+
+    def capture(crops, people, num_people, surrogate, *a, **kw):
+        seen.append({k: v.clone() for k, v in _floats(surrogate).items()})
+        return real(crops, people, num_people, surrogate, *a, **kw)
+
+    monkeypatch.setattr(photos_mod, "face_noise", capture)
+    cfg = PhotoProtectConfig(search=MinMinConfig.for_photos(max_rounds=1, steps=1, train_steps=1, seed=5),
+                             faces=True, workers=1, metrics=False)
+    m = protect_photos([folder], tmp_path / "out", cfg)
+    want = _floats(fresh_surrogate(load_surrogate()[0], 5))
+    assert len(seen) == 1 and all(torch.equal(seen[0][k], want[k]) for k in want)
+    assert m["surrogate"]["start"] == "fresh" and m["summary"]["faces"] == 1

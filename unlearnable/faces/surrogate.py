@@ -7,8 +7,8 @@ search, arXiv 2101.04898 Sec. 4.4).
   loaded from a facenet-pytorch state dict. Measured on this project's 2-core CPU, one of its steps on 32
   crops at 112 px costs 40× the small surrogate's at 32 px, so it is the choice for a GPU.
 - Without: the shipped photo surrogate's backbone (``smallcnn-cifar10``, 32 px input) with the fresh
-  head; its weights count only with ``--surrogate-start pretrained`` (by default the search starts the
-  whole network afresh, ``protect.photos.PhotoProtectConfig.surrogate_start``).
+  head; its weights count only with ``--surrogate-start pretrained`` (by default the face search starts
+  the whole network afresh, ``protect.photos.PhotoProtectConfig.surrogate_start``).
   Why one would want it: with the shipped non-face bank, the surrogate tells a person from cars
   and frogs by content alone, so the search only has to make the *protected* people tell apart from
   each other, while a face recogniser must also tell them from everyone else's face. Measured with the
