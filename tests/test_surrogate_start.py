@@ -24,6 +24,19 @@ def _floats(model: nn.Module) -> dict:
     return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
+def _record_search_surrogate(monkeypatch, search: str) -> list:
+    """Wrap protect's ``search`` (photo_noise or face_noise: the surrogate is their 4th argument) so that
+    the weights each call starts from are recorded."""
+    seen, real = [], getattr(photos_mod, search)
+
+    def record(*args, **kw):
+        seen.append({k: v.clone() for k, v in _floats(args[3]).items()})
+        return real(*args, **kw)
+
+    monkeypatch.setattr(photos_mod, search, record)
+    return seen
+
+
 def test_fresh_surrogate_redraws_every_layer_from_the_seed_and_leaves_the_model_alone():
     model, _ = load_surrogate()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -73,14 +86,7 @@ def test_the_search_starts_from_the_chosen_surrogate(tmp_path, monkeypatch, star
     for name in ("astronaut.png", "coffee.png"):
         with Image.open(SAMPLES / name) as im:
             im.convert("RGB").resize((80, 60)).save(folder / name)
-    seen = []
-    real = photos_mod.photo_noise
-
-    def capture(photos, labels, num_classes, surrogate, *a, **kw):
-        seen.append({k: v.clone() for k, v in _floats(surrogate).items()})
-        return real(photos, labels, num_classes, surrogate, *a, **kw)
-
-    monkeypatch.setattr(photos_mod, "photo_noise", capture)
+    seen = _record_search_surrogate(monkeypatch, "photo_noise")
     cfg = PhotoProtectConfig(search=MinMinConfig.for_photos(max_rounds=1, steps=1, train_steps=1, seed=3),
                              workers=1, metrics=False, surrogate_start=start)
     m = protect_photos([folder], tmp_path / "out", cfg)
@@ -111,14 +117,7 @@ def test_the_face_search_starts_fresh_by_default(tmp_path, monkeypatch):
     folder.mkdir()
     with Image.open(SAMPLES / "astronaut.png") as im:
         im.convert("RGB").save(folder / "astronaut.png")
-    seen = []
-    real = photos_mod.face_noise
-
-    def capture(crops, people, num_people, surrogate, *a, **kw):
-        seen.append({k: v.clone() for k, v in _floats(surrogate).items()})
-        return real(crops, people, num_people, surrogate, *a, **kw)
-
-    monkeypatch.setattr(photos_mod, "face_noise", capture)
+    seen = _record_search_surrogate(monkeypatch, "face_noise")
     cfg = PhotoProtectConfig(search=MinMinConfig.for_photos(max_rounds=1, steps=1, train_steps=1, seed=5),
                              faces=True, workers=1, metrics=False)
     m = protect_photos([folder], tmp_path / "out", cfg)
