@@ -84,8 +84,7 @@ def main() -> None:
             protect=PhotoProtectConfig(search=MinMinConfig.for_photos(**{"mode": args.mode, "max_rounds": args.rounds,
                                                                          "seed": args.seed, **overrides}),
                                        surrogate_start=args.surrogate_start, perceptual=args.perceptual,
-                                       device=args.device,
-                                       data_root=args.data_root),
+                                       device=args.device, data_root=args.data_root),
             seed=args.seed, data_root=args.data_root, device=args.device)
         report = verify_photo_folder(folder.parent, Path(tmp) / "verify", cfg)
     report.pop("held_out_files", None)

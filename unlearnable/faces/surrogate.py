@@ -12,9 +12,9 @@ search, arXiv 2101.04898 Sec. 4.4).
   Why one would want it: with the shipped non-face bank, the surrogate tells a person from cars
   and frogs by content alone, so the search only has to make the *protected* people tell apart from
   each other, while a face recogniser must also tell them from everyone else's face. Measured with the
-  pretrained start (``benchmarks/faces.py --config cpu``, README "Faces"), it does not pay at ε = 8/255: 57.5 % of the
-  protected people's held-out photos recognised with 9 other people's faces as the reference, 45 % with
-  the shipped bank (same run, 80 held-out photos each).
+  pretrained start (``benchmarks/faces.py --config cpu``, README "Faces"), it does not pay at ε = 8/255:
+  57.5 % of the protected people's held-out photos recognised with 9 other people's faces as the
+  reference, 45 % with the shipped bank (same run, 80 held-out photos each).
 
 Without ``--reference`` the face pipeline uses the shipped surrogate and its non-face bank (no face set
 with a licence that allows shipping it was found; the sample faces in ``../shared/data`` are research use
