@@ -10,7 +10,7 @@ every protection and matrix cell is cached under --out, so a rerun resumes.
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench      # hours on 2 cores: run it alone
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench --finished-only   # the cells so far
 
-Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate, same seed):
+Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate, same seed):
     em             error-minimising noise (Huang et al., arXiv 2101.04898), the engine's defaults
     rem            robust EM (Fu et al., arXiv 2203.14533; ``noise.robust``), ρ_a = 4/255
     defense-aware  EM searched through the trainer's defenses (``noise.defense_aware``, all views)
@@ -19,6 +19,9 @@ Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate, same seed):
                   block size: a block changes only the means (DC coefficients) of the JPEG blocks it covers,
                   which JPEG rounds (at quality 10 to steps of 10 levels) but does not drop (measured on CPU:
                   protects against nothing, README)
+    classwise+luminance+lowpass-8   class-wise EM (one pattern per class: the engine's class-wise defaults,
+                  stratified 20 %, 99 %) with the same structure: a pattern rather than pixel-wise noise
+                  (issue 13, item 2), 16 luma block means per class
     em+defense-aware   defense-aware with a warm start (``DefenseViewConfig.warm_start``): the em kind's search
                   (same settings and seed, so the same rounds) until it converges, then all views from that
                   noise and surrogate
@@ -65,13 +68,16 @@ from unlearnable.protect.dataset import protect_dataset  # noqa: E402
 from unlearnable.verify.matrix import verify_defenses  # noqa: E402
 
 DEFENSES_8 = ["standard", "at", "jpeg", "grayscale", "cutout", "mixup", "cutmix"]
-KINDS = {   # kind -> its structure, whether it searches through all defense views, whether it warm-starts
+KINDS = {   # kind -> its structure, whether it searches through all defense views, whether it warm-starts,
+            # its mode when not sample-wise
     "em": dict(structure=None, views=False, warm=False),
     "rem": None,                                       # the REM settings of the config (``c["rem"]``)
     "defense-aware": dict(structure=None, views=True, warm=False),
     "defense-aware+luminance+lowpass": dict(structure="luminance+lowpass", views=True, warm=False),
     "em+defense-aware": dict(structure=None, views=True, warm=True),
     "em+luminance+lowpass-8": dict(structure="luminance+lowpass-8", views=False, warm=False),
+    "classwise+luminance+lowpass-8": dict(structure="luminance+lowpass-8", views=False, warm=False,
+                                          mode="classwise"),
 }
 CONFIGS = {
     "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "warm_start": (30, 50), "at4_alpha": 1.5 / 255,
@@ -96,7 +102,7 @@ def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig |
         return MinMinConfig(mode="samplewise", robust=robust, **r), None
     warm, cap = c["warm_start"] if spec["warm"] else (0, c["max_rounds"])
     views = DefenseViewConfig.parse("all", warm_start=warm) if spec["views"] else None
-    return MinMinConfig(mode="samplewise", max_rounds=cap, structure=spec["structure"]), views
+    return MinMinConfig(mode=spec.get("mode", "samplewise"), max_rounds=cap, structure=spec["structure"]), views
 
 
 def protect(out: Path, kind: str, c: dict, data_root, dev) -> Path:
