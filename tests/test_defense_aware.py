@@ -202,6 +202,19 @@ def test_structured_search_gives_structured_noise_within_eps(mode):
     assert float((x + per).min()) >= 0 and float((x + per).max()) <= 1
 
 
+@pytest.mark.parametrize("spec", ["luminance+lowpass-8", "lowpass-4"])
+def test_structured_step_moves_every_block_by_a_full_step(spec):
+    """One sample-wise round of one PGD step from zero noise, away from the pixel range: the step is
+    sign(P∇) · α, so every block moves by exactly α (the raw sign, projected afterwards, would move a
+    block by the mean of its pixels' signs, mostly less)."""
+    data = _data(saturate=False)
+    model = build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+    cfg = replace(_cfg(rounds=1, structure=spec), steps=1, train_steps=0)
+    d = error_minimizing_noise(model, data, cfg).delta
+    assert torch.allclose(d, structure_projection(spec)(d), atol=1e-7)
+    assert torch.allclose(d.abs(), torch.full_like(d, cfg.step_size), atol=1e-7)
+
+
 def test_structure_on_saturated_pixels_is_cut_by_the_pixel_range_only():
     data = _data(saturate=False)
     data.images[0, 0] = 255                                           # one channel saturated: a luminance

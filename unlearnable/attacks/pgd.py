@@ -38,6 +38,10 @@ class PGD(Attack):
     the loss: ``penalty(forward, images, delta, logits, labels)`` -> scalar, with ``forward(z)`` the
     model's float logits under this attack's precision and ``logits`` those of x + δ (e.g. the
     interaction penalty of ``unlearnable.attacks.interaction``); it needs the identity view.
+    ``grad_projection`` (None: off) is a linear projection P applied to the gradient before its sign:
+    sign(P∇) is the L∞-steepest step *within* P's subspace, so a δ in that subspace stays there with a
+    full step of ``alpha`` (``unlearnable.noise.structure``; the signed step of the raw gradient,
+    projected afterwards, would shrink to the block mean of random signs).
     """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
@@ -45,8 +49,10 @@ class PGD(Attack):
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
                  generator: torch.Generator | None = None, amp: bool = True,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, clip_images: bool = True,
-                 penalty: Callable[..., torch.Tensor] | None = None) -> None:
+                 penalty: Callable[..., torch.Tensor] | None = None,
+                 grad_projection: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__(model, eps, alpha, steps)
+        self.grad_projection = grad_projection
         self.random_start, self.minimize, self.loss_fn, self.generator = random_start, minimize, loss_fn, generator
         self.amp, self.transform, self.clip_images, self.penalty = amp, transform, clip_images, penalty
 
@@ -75,7 +81,11 @@ class PGD(Attack):
             loss = loss + pen if self.minimize else loss - pen
         (grad,) = torch.autograd.grad(loss, delta)
         direction = -1.0 if self.minimize else 1.0
-        return self.project(delta.detach() + direction * self.alpha * grad.sign(), images)
+        return self.project(delta.detach() + direction * self.alpha * self.signed(grad), images)
+
+    def signed(self, grad: torch.Tensor) -> torch.Tensor:
+        """The step's direction: sign(P∇) with ``grad_projection`` P, else sign(∇)."""
+        return (grad if self.grad_projection is None else self.grad_projection(grad)).sign()
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor,
                 delta: torch.Tensor | None = None) -> torch.Tensor:

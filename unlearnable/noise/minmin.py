@@ -108,7 +108,7 @@ from ..data.storage import settings_sha256, write_atomic
 from ..errors import UnlearnableError
 from ..train.loop import StandardStep
 from .robust import AdversarialSurrogateStep, RobustSettings, robust_noise_step, robust_score
-from .structure import parse_structure, structured_step
+from .structure import parse_structure, structure_projection, structured_step
 
 MODES = ("samplewise", "classwise")
 logger = logging.getLogger(__name__)
@@ -485,7 +485,8 @@ def _search(model: nn.Module, problem: Problem, cfg: MinMinConfig, delta: torch.
     it = cfg.interaction
     penalty = None if it is None else InteractionPenalty(it.lam, it.grid, it.cells, it.samples, True, gen)
     pgd = PGD(model, eps=cfg.eps, alpha=cfg.step_size, steps=1, minimize=True, loss_fn=problem.loss_fn,
-              amp=False, clip_images=problem.clip_patterns or not classwise, penalty=penalty)
+              amp=False, clip_images=problem.clip_patterns or not classwise, penalty=penalty,
+              grad_projection=None if cfg.structure is None else structure_projection(cfg.structure))
     step = pgd.step if cfg.robust is None else functools.partial(robust_noise_step, pgd, settings=cfg.robust,
                                                                    generator=gen)
     if cfg.structure is not None:

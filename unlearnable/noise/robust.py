@@ -125,7 +125,7 @@ class AdversarialSurrogateStep:
 
 def robust_noise_step(pgd: PGD, images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor,
                       settings: RobustSettings, generator: torch.Generator) -> torch.Tensor:
-    """REM's noise step (b) from a feasible ``delta`` (B, C, H, W): the signed step of size
+    """REM's noise step (b) from a feasible ``delta`` (B, C, H, W): the signed step (``pgd.signed``) of size
     ``pgd.alpha`` down Σ_t ∇_δ ℓ(f(t(x + δ) + δ_a*(t)), y) over ``settings.samples`` draws, projected
     by ``pgd`` (its ε and pixel-range rule). ``pgd`` is the engine's minimising PGD (identity view,
     no penalty); the model is the caller's, frozen and in eval mode."""
@@ -139,7 +139,7 @@ def robust_noise_step(pgd: PGD, images: torch.Tensor, labels: torch.Tensor, delt
         loss = pgd.loss_fn(pgd.logits(z + adv), labels)
         (g,) = torch.autograd.grad(loss, delta)
         grad += g
-    return pgd.project(delta.detach() - pgd.alpha * grad.sign(), images)
+    return pgd.project(delta.detach() - pgd.alpha * pgd.signed(grad), images)
 
 
 def robust_score(model: nn.Module, problem, delta_of: Callable[[torch.Tensor], torch.Tensor], pool: torch.Tensor,
