@@ -23,7 +23,7 @@ from unlearnable.noise.defense_views import DefenseView, DefenseViewConfig, pars
 from unlearnable.noise.minmin import MinMinConfig, _fingerprint, error_minimizing_noise, minmin
 from unlearnable.noise.problems import DatasetProblem
 from unlearnable.noise.robust import RobustSettings
-from unlearnable.noise.structure import lowpass, luminance, parse_structure, structure_projection
+from unlearnable.noise.structure import lowpass, luminance, parse_structure, structure_projection, tile
 from unlearnable.train.loop import TrainConfig, build_model, train
 
 EPS = 8 / 255
@@ -162,7 +162,8 @@ def test_view_names_are_validated():
 
 # --- structure: projections -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", ["luminance", "lowpass", "lowpass-8", "luminance+lowpass"])
+@pytest.mark.parametrize("spec", ["luminance", "lowpass", "lowpass-8", "luminance+lowpass", "tile", "tile-4",
+                                  "luminance+tile-8+lowpass-2"])
 def test_structure_projection_keeps_the_ball_and_is_idempotent(spec):
     d = (torch.rand(6, 3, 18, 18, generator=torch.Generator().manual_seed(0)) * 2 - 1) * EPS   # 18: partial blocks
     p = structure_projection(spec)
@@ -181,10 +182,25 @@ def test_luminance_survives_grayscale_and_lowpass_is_block_constant():
     assert torch.equal(blocks, blocks[..., :1, :1].expand_as(blocks))
 
 
+def test_tile_is_a_periodic_texture_and_an_orthogonal_projection():
+    d = (torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0)) * 2 - 1) * EPS   # 20: partial tiles
+    t = tile(d, 8)
+    assert torch.equal(t[..., :8, :8], t[..., 8:16, 8:16]) and torch.equal(t[..., :4, :8], t[..., 16:20, 8:16])
+    assert abs(float(((d - t) * t).sum())) < 1e-6                     # residual orthogonal to the image of P
+    lp = tile(d, 8, block=4)
+    blocks = lp[..., :16, :16].unfold(2, 4, 4).unfold(3, 4, 4)
+    assert torch.equal(blocks, blocks[..., :1, :1].expand_as(blocks))
+    assert torch.equal(lp[..., :8, :8], lp[..., 8:16, :8])
+    assert torch.allclose(structure_projection("tile-8+lowpass-4")(d), lp)
+    periodic = torch.rand(1, 1, 8, 8).repeat(1, 1, 4, 4)             # a periodic δ is left as it is
+    assert torch.allclose(tile(periodic, 8), periodic, atol=1e-7)
+
+
 def test_structure_spec_is_canonical_and_validated():
     assert parse_structure("lowpass+luminance") == "luminance+lowpass-4"
     assert MinMinConfig(structure="Lowpass-8").structure == "lowpass-8"
-    for bad in ("blur", "lowpass-1", "luminance+luminance", ""):
+    assert parse_structure("lowpass-2+tile+luminance") == "luminance+tile-8+lowpass-2"
+    for bad in ("blur", "lowpass-1", "luminance+luminance", "", "tile-1", "tile-8+lowpass-3", "tile+tile-4"):
         with pytest.raises(UnlearnableError):
             MinMinConfig(structure=bad)
 
@@ -202,7 +218,7 @@ def test_structured_search_gives_structured_noise_within_eps(mode):
     assert float((x + per).min()) >= 0 and float((x + per).max()) <= 1
 
 
-@pytest.mark.parametrize("spec", ["luminance+lowpass-8", "lowpass-4"])
+@pytest.mark.parametrize("spec", ["luminance+lowpass-8", "lowpass-4", "luminance+tile-8+lowpass-2"])
 def test_structured_step_moves_every_block_by_a_full_step(spec):
     """One sample-wise round of one PGD step from zero noise, away from the pixel range: the step is
     sign(P∇) · α, so every block moves by exactly α (the raw sign, projected afterwards, would move a

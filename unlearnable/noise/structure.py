@@ -21,7 +21,21 @@ projections keep the noise in what they keep:
   random crop shifts the pattern against JPEG's block grid anyway, and 4 × 4 keeps 4 × more degrees
   of freedom (64 per channel on a 32 × 32 image).
 
-``luminance+lowpass-k`` applies both (they commute: one mixes channels, the other pixels).
+- ``tile`` (``tile-k``, k = 8 by default): periodic with period k in both directions, every pixel the
+  mean of the pixels at the same position modulo k (a k × k texture tile repeated over the image;
+  edge pixels of a partial tile join their position's mean). Why: a block-constant pattern is a
+  *layout*, which the trainer's random crop shifts and its flip mirrors, and which a CNN's small
+  filters cannot see locally; measured on CPU, a class-wise luminance + lowpass-8 pattern that the
+  search's surrogate learned to 99.7 % was no shortcut for a victim trained with crop and flip
+  (47.7 % against 47.4 % clean). A periodic texture is the same everywhere, so a crop only shifts
+  its phase and a cutout leaves the other tiles. (Error-minimising noise works as a linearly separable
+  shortcut, Yu et al., KDD 2022, arXiv 2111.00898; their synthetic 8 × 8 block noise is trained on
+  without crop or flip by default. That a cropping trainer needs the shortcut to be the same
+  everywhere is our reading of the measurement above.)
+
+``luminance+lowpass-k`` applies both (they commute: one mixes channels, the other pixels);
+``tile-t+lowpass-k`` (k dividing t) is a periodic texture of k × k blocks, the mean over the pixels
+at the same block of the period.
 
 The step. The engine steps along sign(P∇) (``attacks.pgd.PGD``'s ``grad_projection``), the
 L∞-steepest direction inside P's subspace: a structured δ takes a full step of the step size
@@ -55,8 +69,9 @@ import torch.nn.functional as F
 
 from ..errors import UnlearnableError
 
-STRUCTURES = ("luminance", "lowpass")
+STRUCTURES = ("luminance", "lowpass", "tile")
 DEFAULT_BLOCK = 4
+DEFAULT_PERIOD = 8
 Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -75,36 +90,63 @@ def lowpass(delta: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.Tensor:
     return means.repeat_interleave(block, -2).repeat_interleave(block, -1)[..., :h, :w].contiguous()
 
 
+def tile(delta: torch.Tensor, period: int = DEFAULT_PERIOD, block: int = 1) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): each pixel replaced by the mean of the pixels at the same position
+    modulo ``period`` (a periodic texture; partial tiles at the right or bottom edge included); with
+    ``block`` k (dividing the period), of the pixels in the same k × k block of the period, so the
+    result is periodic and block-constant on any image size."""
+    h, w = delta.shape[-2:]
+
+    def classes(n: int) -> torch.Tensor:                # (n, m) one-hot of each row's (column's) class
+        c = (torch.arange(n, device=delta.device) % period) // block
+        return F.one_hot(c, period // block).to(delta.dtype)
+
+    ry, rx = classes(h), classes(w)
+    counts = ry.sum(0)[:, None] * rx.sum(0)[None, :]                   # pixels per class (all > 0 if h, w ≥ period)
+    means = (ry.t() @ delta @ rx) / counts.clamp(min=1)
+    return (ry @ means @ rx.t()).contiguous()
+
+
 def parse_structure(spec: str) -> str:
     """'luminance', 'lowpass', 'lowpass-8', 'luminance+lowpass' (also comma-separated) -> the
     canonical spec ('luminance+lowpass-4': luminance first, the block size explicit); raises
     UnlearnableError on anything else."""
     parts = [p.strip().lower() for p in re.split(r"[+,]", str(spec)) if p.strip()]
-    lum, block = False, None
+    lum, block, period = False, None, None
     for p in parts:
-        m = re.fullmatch(r"lowpass(?:-(\d+))?", p)
+        m = re.fullmatch(r"(lowpass|tile)(?:-(\d+))?", p)
         if p == "luminance" and not lum:
             lum = True
-        elif m and block is None:
-            block = int(m.group(1) or DEFAULT_BLOCK)
+        elif m and m.group(1) == "lowpass" and block is None:
+            block = int(m.group(2) or DEFAULT_BLOCK)
             if block < 2:
                 raise UnlearnableError(f"the low-pass block must be at least 2 pixels, got {block}")
+        elif m and m.group(1) == "tile" and period is None:
+            period = int(m.group(2) or DEFAULT_PERIOD)
+            if period < 2:
+                raise UnlearnableError(f"the tile period must be at least 2 pixels, got {period}")
         else:
-            raise UnlearnableError(f"unknown or repeated noise structure {p!r} in {spec!r}; use luminance, lowpass "
-                                   "or lowpass-K (K × K blocks), joined by '+'")
+            raise UnlearnableError(f"unknown or repeated noise structure {p!r} in {spec!r}; use luminance, lowpass, "
+                                   "lowpass-K (K × K blocks), tile or tile-T (period T), joined by '+'")
     if not parts:
-        raise UnlearnableError("give a noise structure: luminance, lowpass or both (luminance+lowpass)")
-    return "+".join((["luminance"] if lum else []) + ([f"lowpass-{block}"] if block else []))
+        raise UnlearnableError("give a noise structure: luminance, lowpass, tile, or several (luminance+lowpass)")
+    if block and period and period % block:
+        raise UnlearnableError(f"the low-pass block ({block}) must divide the tile period ({period})")
+    return "+".join((["luminance"] if lum else []) + ([f"tile-{period}"] if period else [])
+                    + ([f"lowpass-{block}"] if block else []))
 
 
 def structure_projection(spec: str) -> Projection:
     """The projection P (δ (B, C, H, W) -> Pδ, same shape) of a structure ``spec`` (see :func:`parse_structure`)."""
     names = parse_structure(spec).split("+")
     block = next((int(n.split("-")[1]) for n in names if n.startswith("lowpass")), None)
+    period = next((int(n.split("-")[1]) for n in names if n.startswith("tile")), None)
 
     def project(delta: torch.Tensor) -> torch.Tensor:
         if "luminance" in names:
             delta = luminance(delta)
+        if period is not None:
+            return tile(delta, period, block or 1)
         if block is not None:
             delta = lowpass(delta, block)
         return delta
@@ -125,4 +167,4 @@ def structured_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
     return stepped
 
 
-__all__ = ["STRUCTURES", "luminance", "lowpass", "parse_structure", "structure_projection", "structured_step"]
+__all__ = ["STRUCTURES", "luminance", "lowpass", "tile", "parse_structure", "structure_projection", "structured_step"]
