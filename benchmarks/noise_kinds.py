@@ -19,9 +19,9 @@ Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate
                   block size: a block changes only the means (DC coefficients) of the JPEG blocks it covers,
                   which JPEG rounds (at quality 10 to steps of 10 levels) but does not drop (measured on CPU:
                   protects against nothing, README)
-    classwise+luminance+lowpass-8   class-wise EM (one pattern per class: the engine's class-wise defaults,
-                  stratified 20 %, 99 %) with the same structure: a pattern rather than pixel-wise noise
-                  (issue 13, item 2), 16 luma block means per class
+    em+STRUCTURE, classwise+STRUCTURE   any other structure of ``noise.structure`` (e.g.
+                  classwise+luminance+tile-8): sample-wise EM or class-wise EM (one pattern per class, the
+                  engine's class-wise defaults: stratified 20 %, 99 %), no views, δ kept in that structure
     em+defense-aware   defense-aware with a warm start (``DefenseViewConfig.warm_start``): the em kind's search
                   (same settings and seed, so the same rounds) until it converges, then all views from that
                   noise and surrogate
@@ -37,7 +37,8 @@ cpu: ``benchmarks/defenses.py``'s cpu scale: a balanced 5,000-image subset of CI
      on 1,000 test images. EM and defense-aware: the engine's defaults (20 PGD steps of 0.8/255, 10
      surrogate steps, batch 512) capped at 30 rounds; REM: ``rem_config`` scaled down as in
      ``benchmarks/rem.py`` cpu (5 noise steps of 1.6/255, ρ_a 4/255 with PGD-3 of 2/255, 1 EOT draw,
-     batch 128), capped at 15 rounds; em+defense-aware: warm start of at most 30 rounds, 50 in all.
+     batch 128), capped at 15 rounds; em+defense-aware: warm start of at most 30 rounds, 50 in all;
+     class-wise kinds (one PGD step a round over 20 %: about 4 s a round here) capped at 60 rounds.
      Clean cells have no pattern readout, so they do not depend on the protection and are trained once
      and shared by every kind.
 smoke: 200 images, 1 round, 1 epoch: checks that every part runs (a few minutes); its figures mean nothing.
@@ -61,9 +62,11 @@ from defenses import CONFIGS as DEFENSE_CONFIGS, log_event, matrix_config, table
 
 from unlearnable.data.protected import read_manifest  # noqa: E402
 from unlearnable.device import resolve_device  # noqa: E402
+from unlearnable.errors import UnlearnableError  # noqa: E402
 from unlearnable.noise.defense_views import DefenseViewConfig  # noqa: E402
 from unlearnable.noise.minmin import MinMinConfig  # noqa: E402
 from unlearnable.noise.robust import RobustSettings  # noqa: E402
+from unlearnable.noise.structure import parse_structure  # noqa: E402
 from unlearnable.protect.dataset import protect_dataset  # noqa: E402
 from unlearnable.verify.matrix import verify_defenses  # noqa: E402
 
@@ -76,15 +79,13 @@ KINDS = {   # kind -> its structure, whether it searches through all defense vie
     "defense-aware+luminance+lowpass": dict(structure="luminance+lowpass", views=True, warm=False),
     "em+defense-aware": dict(structure=None, views=True, warm=True),
     "em+luminance+lowpass-8": dict(structure="luminance+lowpass-8", views=False, warm=False),
-    "classwise+luminance+lowpass-8": dict(structure="luminance+lowpass-8", views=False, warm=False,
-                                          mode="classwise"),
-}
+}   # and em+STRUCTURE / classwise+STRUCTURE (``kind_spec``)
 CONFIGS = {
-    "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "warm_start": (30, 50), "at4_alpha": 1.5 / 255,
+    "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "classwise_max_rounds": 60, "warm_start": (30, 50), "at4_alpha": 1.5 / 255,
             "rem": dict(steps=5, step_size=1.6 / 255, batch_size=128, max_rounds=15,
                         robust=dict(radius=4 / 255, steps=3, step_size=2 / 255, samples=1))},
     "smoke": {**DEFENSE_CONFIGS["cpu"], "subset": 200, "test_subset": 200, "epochs": 1, "at_steps": 1,
-              "max_rounds": 1, "warm_start": (1, 2), "at4_alpha": 1.5 / 255,
+              "max_rounds": 1, "classwise_max_rounds": 1, "warm_start": (1, 2), "at4_alpha": 1.5 / 255,
               "rem": dict(steps=1, step_size=1.6 / 255, batch_size=128, max_rounds=1,
                           robust=dict(radius=4 / 255, steps=1, step_size=2 / 255, samples=1))},
     "gpu": {**DEFENSE_CONFIGS["gpu"], "warm_start": (100, 200), "at4_alpha": 0.8 / 255,
@@ -93,16 +94,31 @@ CONFIGS = {
 TARGET_PROTECTED, TARGET_CLEAN = 0.30, 0.45
 
 
+def kind_spec(kind: str) -> dict | None:
+    """``KINDS[kind]``, or for 'em+STRUCTURE' / 'classwise+STRUCTURE' that structure without views;
+    raises UnlearnableError (or KeyError) for anything else."""
+    if kind in KINDS:
+        return KINDS[kind]
+    head, _, rest = kind.partition("+")
+    if head not in ("em", "classwise") or not rest:
+        raise KeyError(kind)
+    return dict(structure=parse_structure(rest), views=False, warm=False,
+                mode="classwise" if head == "classwise" else "samplewise")
+
+
 def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig | None]:
     """The engine settings and the defense views (or None) of noise ``kind``."""
-    spec = KINDS[kind]
+    spec = kind_spec(kind)
     if spec is None:
         r = dict(c["rem"])
         robust = RobustSettings(**r.pop("robust"))
         return MinMinConfig(mode="samplewise", robust=robust, **r), None
+    mode = spec.get("mode", "samplewise")
     warm, cap = c["warm_start"] if spec["warm"] else (0, c["max_rounds"])
+    if mode == "classwise":
+        cap = c.get("classwise_max_rounds", cap)
     views = DefenseViewConfig.parse("all", warm_start=warm) if spec["views"] else None
-    return MinMinConfig(mode=spec.get("mode", "samplewise"), max_rounds=cap, structure=spec["structure"]), views
+    return MinMinConfig(mode=mode, max_rounds=cap, structure=spec["structure"]), views
 
 
 def protect(out: Path, kind: str, c: dict, data_root, dev) -> Path:
@@ -148,14 +164,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
     p.add_argument("--out", default="kinds-bench", help="work folder (reruns resume from it)")
-    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help=f"comma list of {', '.join(KINDS)}, em+STRUCTURE, classwise+STRUCTURE")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--finished-only", action="store_true", help="train nothing: report what has finished")
     args = p.parse_args()
     c = CONFIGS[args.config]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = []
+    for k in kinds:
+        try:
+            kind_spec(k)
+        except (KeyError, UnlearnableError):
+            unknown.append(k)
     if unknown:
         p.error(f"unknown kind(s) {unknown}")
     dev = resolve_device(args.device)
