@@ -131,7 +131,7 @@ def test_a_reference_of_other_faces_gets_a_fresh_head_on_the_shipped_backbone(al
     r = runner.invoke(app, ["protect", str(album / "me"), "-o", str(out), *FAST, "--reference", str(ref)])
     assert r.exit_code == 0, r.output
     m = json.loads((out / "manifest.json").read_text())
-    assert "fresh head over 3 reference people" in m["surrogate"]["name"] and m["summary"]["faces"] == 1
+    assert "fresh head over 3 reference people" in m["surrogate"]["built_from"] and m["summary"]["faces"] == 1
 
 
 def test_each_photo_is_searched_for_faces_once_and_a_resumed_write_detects_again(album, tmp_path, monkeypatch):

@@ -95,6 +95,11 @@ def test_the_search_starts_from_the_chosen_surrogate(tmp_path, monkeypatch, star
     assert len(seen) == 1 and seen[0].keys() == want.keys()
     assert all(torch.equal(seen[0][k], want[k]) for k in want)
     assert m["surrogate"]["start"] == (start or "pretrained") and m["summary"]["ok"] == 2
+    if start == "fresh":            # the manifest names what the search started from, not the unused weights
+        assert m["surrogate"]["name"] == "smallcnn initialised afresh (seed 3)" and m["surrogate"]["file"] is None
+        assert m["surrogate"]["test_accuracy"] is None and m["surrogate"]["built_from"] == "smallcnn-cifar10"
+    else:
+        assert m["surrogate"]["name"] == "smallcnn-cifar10" and m["surrogate"]["file"].startswith("(shipped)")
 
 
 def test_cli_surrogate_start_option(tmp_path, monkeypatch):

@@ -528,6 +528,19 @@ class _Run:
             return surrogate
         return fresh_surrogate(surrogate, self.cfg.search.seed)
 
+    def surrogate_record(self) -> dict:
+        """The manifest's account of the search's surrogate: the loaded one, or (fresh start) its architecture
+        initialised afresh, named so, with no weights file or accuracy (those of the loaded model it was
+        built from did not reach the search; ``built_from`` names it)."""
+        cfg, smeta = self.cfg, self.smeta
+        rec = {"name": smeta.get("name"), "arch": smeta.get("arch"), "dataset": smeta.get("dataset"),
+               "test_accuracy": smeta.get("test_accuracy"), "start": cfg.surrogate_start,
+               "file": str(self.weights_file) if self.weights_file else f"(shipped) {smeta.get('name')}"}
+        if cfg.surrogate_start == "fresh":
+            rec.update(name=f"{smeta.get('arch')} initialised afresh (seed {cfg.search.seed})", test_accuracy=None,
+                       file=None, built_from=smeta.get("name"))
+        return rec
+
     def search_faces(self, ready: list[tuple[PhotoFile, str, torch.Tensor]], state: dict | None,
                      labels: dict[str, str], surrogate) -> tuple[dict, dict]:
         """Faces mode: one pattern per person (class) on the aligned crops of its photos' faces. Classes
@@ -644,9 +657,7 @@ class _Run:
         manifest = {
             "format": FORMAT, "tool": "unlearnable", "version": __version__, "torch": str(torch.__version__),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(self.dev),
-            "surrogate": {"name": smeta.get("name"), "arch": smeta.get("arch"), "dataset": smeta.get("dataset"),
-                          "test_accuracy": smeta.get("test_accuracy"), "start": cfg.surrogate_start,
-                          "file": str(self.weights_file) if self.weights_file else f"(shipped) {smeta.get('name')}"},
+            "surrogate": self.surrogate_record(),
             "seed": cfg.search.seed, "eps": cfg.search.eps, "eps_255": cfg.search.eps * 255,
             "measured": {**MEASURED, **(MEASURED_FACES if cfg.faces else {})}, "settings": self.settings,
             "search": self.search_info, "summary": summary,
