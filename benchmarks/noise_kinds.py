@@ -21,7 +21,9 @@ Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate
                   protects against nothing, README)
     em+STRUCTURE, classwise+STRUCTURE   any other structure of ``noise.structure`` (e.g.
                   classwise+luminance+tile-8): sample-wise EM or class-wise EM (one pattern per class, the
-                  engine's class-wise defaults: stratified 20 %, 99 %), no views, δ kept in that structure
+                  engine's class-wise defaults: stratified 20 %, 99 %), no views, δ kept in that structure;
+                  a token aware-V1.V2 (e.g. classwise+aware-standard.jpeg+luminance+tile-8) searches through
+                  those defense views (``noise.defense_views``, after crop + flip) instead of none
     em+defense-aware   defense-aware with a warm start (``DefenseViewConfig.warm_start``): the em kind's search
                   (same settings and seed, so the same rounds) until it converges, then all views from that
                   noise and surrogate
@@ -99,10 +101,15 @@ def kind_spec(kind: str) -> dict | None:
     raises UnlearnableError (or KeyError) for anything else."""
     if kind in KINDS:
         return KINDS[kind]
-    head, _, rest = kind.partition("+")
-    if head not in ("em", "classwise") or not rest:
+    head, *tokens = kind.split("+")
+    aware = [t for t in tokens if t.startswith("aware-")]
+    rest = "+".join(t for t in tokens if not t.startswith("aware-"))
+    if head not in ("em", "classwise") or not rest or len(aware) > 1:
         raise KeyError(kind)
-    return dict(structure=parse_structure(rest), views=False, warm=False,
+    views = ",".join(aware[0][len("aware-"):].split(".")) if aware else False
+    if views:
+        DefenseViewConfig.parse(views)                       # validated here: an unknown view is an unknown kind
+    return dict(structure=parse_structure(rest), views=views, warm=False,
                 mode="classwise" if head == "classwise" else "samplewise")
 
 
@@ -117,7 +124,8 @@ def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig |
     warm, cap = c["warm_start"] if spec["warm"] else (0, c["max_rounds"])
     if mode == "classwise":
         cap = c.get("classwise_max_rounds", cap)
-    views = DefenseViewConfig.parse("all", warm_start=warm) if spec["views"] else None
+    which = "all" if spec["views"] is True else spec["views"]
+    views = DefenseViewConfig.parse(which, warm_start=warm) if which else None
     return MinMinConfig(mode=mode, max_rounds=cap, structure=spec["structure"]), views
 
 
