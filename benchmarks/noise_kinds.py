@@ -19,11 +19,12 @@ Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate
                   block size: a block changes only the means (DC coefficients) of the JPEG blocks it covers,
                   which JPEG rounds (at quality 10 to steps of 10 levels) but does not drop (measured on CPU:
                   protects against nothing, README)
-    em+STRUCTURE, classwise+STRUCTURE   any other structure of ``noise.structure`` (e.g.
+    em+STRUCTURE, classwise[+STRUCTURE]   any other structure of ``noise.structure`` (e.g.
                   classwise+luminance+tile-8): sample-wise EM or class-wise EM (one pattern per class, the
-                  engine's class-wise defaults: stratified 20 %, 99 %), no views, δ kept in that structure;
-                  a token aware-V1.V2 (e.g. classwise+aware-standard.jpeg+luminance+tile-8) searches through
-                  those defense views (``noise.defense_views``, after crop + flip) instead of none
+                  engine's class-wise defaults: stratified 20 %, 99 %), no views, δ kept in that structure
+                  (``classwise`` alone: plain class-wise EM); a token aware-V1.V2 (e.g.
+                  classwise+aware-standard.jpeg+luminance+tile-8) searches through those defense views
+                  (``noise.defense_views``, after crop + flip) instead of none
     em+defense-aware   defense-aware with a warm start (``DefenseViewConfig.warm_start``): the em kind's search
                   (same settings and seed, so the same rounds) until it converges, then all views from that
                   noise and surrogate
@@ -104,12 +105,12 @@ def kind_spec(kind: str) -> dict | None:
     head, *tokens = kind.split("+")
     aware = [t for t in tokens if t.startswith("aware-")]
     rest = "+".join(t for t in tokens if not t.startswith("aware-"))
-    if head not in ("em", "classwise") or not rest or len(aware) > 1:
+    if head not in ("em", "classwise") or (head == "em" and not tokens) or len(aware) > 1 or "" in tokens:
         raise KeyError(kind)
     views = ",".join(aware[0][len("aware-"):].split(".")) if aware else False
     if views:
         DefenseViewConfig.parse(views)                       # validated here: an unknown view is an unknown kind
-    return dict(structure=parse_structure(rest), views=views, warm=False,
+    return dict(structure=parse_structure(rest) if rest else None, views=views, warm=False,
                 mode="classwise" if head == "classwise" else "samplewise")
 
 
@@ -173,7 +174,7 @@ def main() -> int:
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
     p.add_argument("--out", default="kinds-bench", help="work folder (reruns resume from it)")
     p.add_argument("--kinds", default=",".join(KINDS),
-                   help=f"comma list of {', '.join(KINDS)}, em+STRUCTURE, classwise+STRUCTURE")
+                   help=f"comma list of {', '.join(KINDS)}, em+STRUCTURE, classwise[+STRUCTURE]")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--finished-only", action="store_true", help="train nothing: report what has finished")
