@@ -13,8 +13,10 @@ Prints one JSON object on stdout (progress on stderr).
                                                         # run: from EM's 985 s for 15 rounds on 10,000 images,
                                                         # results/effectiveness-cpu-samplewise.json)
     python benchmarks/defense_aware.py --config cost    # generation cost only, every kind and REM: ~25 min
+    python benchmarks/defense_aware.py --config cost-structures   # the same for EM beside the tile and
+                                                                  # class-wise kinds: a few minutes
 
-Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate):
+Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate):
     em                    plain error-minimising noise (Huang et al., arXiv 2101.04898), the engine's defaults
     defense-aware         through random views of every defense (``noise.defense_views``: crop + flip, then
                           one of standard, grayscale, JPEG 10-50, cutout, resize, mixup, cutmix per image)
@@ -31,6 +33,9 @@ Noise kinds (sample-wise, ε = 8/255, SmallCNN surrogate):
                           batch 128
     rem-paper (cost only) REM at the official settings (``rem_config()``: 10 noise steps of 1.6/255, ρ_a = 4/255
                           with PGD-10 of 0.8/255, 5 EOT draws, batch 128)
+    luminance+tile-8 (cost-structures only)   EM with a periodic 8 × 8 luminance texture
+    classwise, classwise+luminance+tile-8 (cost-structures only)   class-wise EM (the engine's class-wise
+                          defaults: one PGD step a round over a stratified 20 %), plain and with that structure
 
 smoke: 200 training images (20 per class), 200 test images, 3 PGD steps per round, at most 2 rounds,
        victims 2 epochs; 1 thread. Only checks that every part runs: its figures mean nothing.
@@ -46,6 +51,8 @@ cost:  the generation cost alone, side by side (issue 13: each kind's time relat
        (``min_rounds`` = ``max_rounds`` = 2, so no kind stops early), the engine's defaults otherwise;
        no victims; 2 threads. A kind's full cost is its seconds per round times the rounds it needs
        (``benchmarks/noise_kinds.py`` reports those at 5,000 images).
+cost-structures: the same, for em, luminance+tile-8, classwise and classwise+luminance+tile-8 (a
+       class-wise round does other work than a sample-wise one: its per-round ratio is not a per-step one).
 
 Generation time is measured on the same machine in the same process, one kind after the other, so
 the ratios compare like with like; ``relative_time`` is total time over EM's, ``relative_time_per_round``
@@ -83,8 +90,12 @@ KINDS: dict[str, dict] = {   # "noise": engine settings that replace the config'
     "rem": {"noise": dict(steps=5, step_size=1.6 / 255, batch_size=128),
             "rem": dict(radius=4 / 255, steps=3, step_size=2 / 255, samples=1)},
     "rem-paper": {"noise": dict(steps=10, step_size=1.6 / 255, batch_size=128), "rem": {}},
+    "luminance+tile-8": {"structure": "luminance+tile-8"},
+    "classwise": {"mode": "classwise"},
+    "classwise+luminance+tile-8": {"mode": "classwise", "structure": "luminance+tile-8"},
 }
-VICTIM_KINDS = [k for k in KINDS if not k.startswith("rem")]
+VICTIM_KINDS = [k for k in KINDS if not k.startswith("rem") and "tile" not in k and "classwise" not in k]
+STRUCTURE_KINDS = ["em", "luminance+tile-8", "classwise", "classwise+luminance+tile-8"]
 DEFENSES = ["standard", "grayscale", "jpeg"]
 CONFIGS = {
     "smoke": dict(train_size=200, test_size=200, surrogate="smallcnn", victim="smallcnn", epochs=2,
@@ -93,7 +104,9 @@ CONFIGS = {
     "cpu": dict(train_size=5000, test_size=2000, surrogate="smallcnn", victim="smallcnn", epochs=10,
                 noise=dict(max_rounds=15), quality_images=1000, threads=2, kinds=VICTIM_KINDS, victims=True),
     "cost": dict(train_size=1000, surrogate="smallcnn", noise=dict(min_rounds=2, max_rounds=2), quality_images=1000,
-                 threads=2, kinds=list(KINDS), victims=False),
+                 threads=2, kinds=[k for k in KINDS if k not in STRUCTURE_KINDS[1:]], victims=False),
+    "cost-structures": dict(train_size=1000, surrogate="smallcnn", noise=dict(min_rounds=2, max_rounds=2),
+                            quality_images=1000, threads=2, kinds=STRUCTURE_KINDS, victims=False),
 }
 VAL_SHARE = 0.1
 
@@ -113,7 +126,7 @@ def visibility(clean: torch.Tensor, protected: torch.Tensor) -> dict:
 def generate(kind: str, spec: dict, train_set, c: dict, device) -> tuple[torch.Tensor, dict]:
     """The protected uint8 images of ``kind`` and its generation record."""
     robust = None if "rem" not in spec else RobustSettings(**spec["rem"])
-    cfg = MinMinConfig(mode="samplewise", structure=spec.get("structure"), robust=robust,
+    cfg = MinMinConfig(mode=spec.get("mode", "samplewise"), structure=spec.get("structure"), robust=robust,
                        **{**c["noise"], **spec.get("noise", {})})
     surrogate = build_model(c["surrogate"], train_set.num_classes, train_set.images.shape[1], 0, device)
 
