@@ -218,14 +218,16 @@ def test_structured_search_gives_structured_noise_within_eps(mode):
     assert float((x + per).min()) >= 0 and float((x + per).max()) <= 1
 
 
-@pytest.mark.parametrize("spec", ["luminance+lowpass-8", "lowpass-4", "luminance+tile-8+lowpass-2"])
-def test_structured_step_moves_every_block_by_a_full_step(spec):
+@pytest.mark.parametrize("spec,robust", [("luminance+lowpass-8", False), ("lowpass-4", False),
+                                         ("luminance+tile-8+lowpass-2", False), ("luminance+lowpass-8", True)])
+def test_structured_step_moves_every_block_by_a_full_step(spec, robust):
     """One sample-wise round of one PGD step from zero noise, away from the pixel range: the step is
     sign(P∇) · α, so every block moves by exactly α (the raw sign, projected afterwards, would move a
-    block by the mean of its pixels' signs, mostly less)."""
+    block by the mean of its pixels' signs, mostly less); REM's noise step too."""
     data = _data(saturate=False)
     model = build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
-    cfg = replace(_cfg(rounds=1, structure=spec), steps=1, train_steps=0)
+    rem = RobustSettings(radius=2 / 255, steps=1, step_size=2 / 255, samples=1, padding=2) if robust else None
+    cfg = replace(_cfg(rounds=1, structure=spec, robust=rem), steps=1, train_steps=0)
     d = error_minimizing_noise(model, data, cfg).delta
     assert torch.allclose(d, structure_projection(spec)(d), atol=1e-7)
     assert torch.allclose(d.abs(), torch.full_like(d, cfg.step_size), atol=1e-7)
