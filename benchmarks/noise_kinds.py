@@ -84,7 +84,8 @@ KINDS = {   # kind -> its structure, whether it searches through all defense vie
     "em+luminance+lowpass-8": dict(structure="luminance+lowpass-8", views=False, warm=False),
 }   # and em+STRUCTURE / classwise+STRUCTURE (``kind_spec``)
 CONFIGS = {
-    "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "classwise_max_rounds": 60, "warm_start": (30, 50), "at4_alpha": 1.5 / 255,
+    "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "classwise_max_rounds": 60, "warm_start": (30, 50),
+            "at4_alpha": 1.5 / 255,
             "rem": dict(steps=5, step_size=1.6 / 255, batch_size=128, max_rounds=15,
                         robust=dict(radius=4 / 255, steps=3, step_size=2 / 255, samples=1))},
     "smoke": {**DEFENSE_CONFIGS["cpu"], "subset": 200, "test_subset": 200, "epochs": 1, "at_steps": 1,

@@ -108,9 +108,10 @@ def tile(delta: torch.Tensor, period: int = DEFAULT_PERIOD, block: int = 1) -> t
 
 
 def parse_structure(spec: str) -> str:
-    """'luminance', 'lowpass', 'lowpass-8', 'luminance+lowpass' (also comma-separated) -> the
-    canonical spec ('luminance+lowpass-4': luminance first, the block size explicit); raises
-    UnlearnableError on anything else."""
+    """'luminance', 'lowpass', 'lowpass-8', 'tile', 'luminance+lowpass' (also comma-separated) -> the
+    canonical spec ('luminance+lowpass-4', 'luminance+tile-8+lowpass-2': luminance, tile, lowpass in that
+    order, sizes explicit); raises UnlearnableError on anything else (a block that does not divide the
+    period included)."""
     parts = [p.strip().lower() for p in re.split(r"[+,]", str(spec)) if p.strip()]
     lum, block, period = False, None, None
     for p in parts:
@@ -157,8 +158,8 @@ def structure_projection(spec: str) -> Projection:
 def structured_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], spec: str,
                     pgd) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap the engine's noise step ``step(images, labels, delta) -> delta`` (which steps along sign(P∇),
-    see the module doc) so that every stepped δ is projected by P, then back onto ``pgd``'s feasible set (its ε and pixel-range rule; see the module
-    doc for what the pixel-range clamp does to the structure)."""
+    see the module doc) so that every stepped δ is projected by P, then back onto ``pgd``'s feasible set
+    (its ε and pixel-range rule; see the module doc for what the pixel-range clamp does to the structure)."""
     project = structure_projection(spec)
 
     def stepped(images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

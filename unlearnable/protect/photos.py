@@ -653,7 +653,7 @@ class _Run:
                                        for e in images),
                            mean_face_ssim=_mean([f["ssim"] for f in found]),
                            mean_face_psnr=_mean([f["psnr"] for f in found]))
-        cfg, smeta = self.cfg, self.smeta
+        cfg = self.cfg
         manifest = {
             "format": FORMAT, "tool": "unlearnable", "version": __version__, "torch": str(torch.__version__),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(self.dev),
