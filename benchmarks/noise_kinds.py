@@ -131,19 +131,25 @@ def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig |
     return MinMinConfig(mode=mode, max_rounds=cap, structure=spec["structure"]), views
 
 
-def protect(out: Path, kind: str, c: dict, data_root, dev) -> Path:
-    d = out / f"protected-{kind}"
+def protect(out: Path, kind: str, c: dict, data_root, dev, seed: int = 0) -> Path:
+    d = out / f"protected-{named(kind, seed)}"
     try:
         read_manifest(d)
         return d
     except Exception:
         pass
     cfg, views = kind_settings(kind, c)
-    log(f"protecting ({kind})")
+    cfg = replace(cfg, seed=seed)
+    log(f"protecting ({named(kind, seed)})")
     protect_dataset("cifar10", d, cfg, c["surrogate"], c["subset"], data_root, str(dev), defense_aware=views,
                     on_event=lambda k, r: k == "round" and log(f"  round {r['round']}: surrogate acc "
                                                                 f"{r['surrogate_acc']:.4f} ({r['seconds']:.0f}s)"))
     return d
+
+
+def named(kind: str, seed: int) -> str:
+    """The kind's folder and result name: the kind itself for the noise seed 0, else kind-seedN."""
+    return kind if seed == 0 else f"{kind}-seed{seed}"
 
 
 def share_clean_cells(out: Path, dest: Path, tag: str) -> None:
@@ -179,6 +185,8 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--finished-only", action="store_true", help="train nothing: report what has finished")
+    p.add_argument("--noise-seed", type=int, default=0, help="the search's seed (victims keep theirs); not 0: the "
+                   "kind's folders and result are named KIND-seedN")
     args = p.parse_args()
     c = CONFIGS[args.config]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -203,23 +211,24 @@ def main() -> int:
                     "at_training": {"8/255": [cfg8.at_steps, cfg8.at_alpha], "4/255": [cfg4.at_steps, cfg4.at_alpha]},
                     "kinds": {}}
     for kind in kinds:
+        name = named(kind, args.noise_seed)
         if args.finished_only:
             try:
-                read_manifest(out / f"protected-{kind}")
+                read_manifest(out / f"protected-{name}")
             except Exception:
-                result["kinds"][kind] = {"status": "protection not finished"}
+                result["kinds"][name] = {"status": "protection not finished"}
                 continue
-        prot = protect(out, kind, c, args.data_root, dev)
+        prot = protect(out, kind, c, args.data_root, dev, args.noise_seed)
         m = read_manifest(prot)
         reports = {}
         for tag, cfg in (("8", cfg8), ("4", cfg4)):
-            mout = out / f"verify-{kind}-at{tag}"
+            mout = out / f"verify-{name}-at{tag}"
             share_clean_cells(out, mout, tag)
-            reports[tag] = verify_defenses(prot, mout, cfg, str(dev), args.data_root, on_event=log_event(f"{kind} "),
+            reports[tag] = verify_defenses(prot, mout, cfg, str(dev), args.data_root, on_event=log_event(f"{name} "),
                                            only_finished=args.finished_only)
         rows8, rows4 = table(reports["8"]), table(reports["4"])
         written = m.get("written") or {}
-        result["kinds"][kind] = {
+        result["kinds"][name] = {
             "rounds": m["rounds"], "converged": m["converged"], "final_surrogate_acc": m["final_surrogate_acc"],
             **({"views_from_round": m["views_from_round"]} if "views_from_round" in m else {}),
             "generation_seconds": m["generation_seconds"], "noise_settings": m.get("settings"),
