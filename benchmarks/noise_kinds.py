@@ -185,8 +185,10 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--finished-only", action="store_true", help="train nothing: report what has finished")
-    p.add_argument("--noise-seed", type=int, default=0, help="the search's seed (victims keep theirs); not 0: the "
-                   "kind's folders and result are named KIND-seedN")
+    p.add_argument("--noise-seed", type=int, default=0, help="protect-dataset's seed: the subset it draws, the "
+                   "surrogate's initialisation and the search (the victims keep their training seed; the clean "
+                   "cells are trained anew on the new subset); not 0: the kind's folders and result are named "
+                   "KIND-seedN")
     args = p.parse_args()
     c = CONFIGS[args.config]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
