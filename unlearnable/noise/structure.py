@@ -31,7 +31,8 @@ projections keep the noise in what they keep:
   its phase and a cutout leaves the other tiles. (Error-minimising noise works as a linearly separable
   shortcut, Yu et al., KDD 2022, arXiv 2111.00898; their synthetic 8 × 8 block noise is trained on
   without crop or flip by default. That a cropping trainer needs the shortcut to be the same
-  everywhere is our reading of the measurement above.)
+  everywhere is our reading of the measurement above. Class-wise luminance + tile-8 then protected on
+  one seed and not on a second, README: an option to measure, not a default.)
 
 ``luminance+lowpass-k`` applies both (they commute: one mixes channels, the other pixels);
 ``tile-t+lowpass-k`` (k dividing t) is a periodic texture of k × k blocks, the mean over the pixels
