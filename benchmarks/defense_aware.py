@@ -94,8 +94,9 @@ KINDS: dict[str, dict] = {   # "noise": engine settings that replace the config'
     "classwise": {"mode": "classwise"},
     "classwise+luminance+tile-8": {"mode": "classwise", "structure": "luminance+tile-8"},
 }
-VICTIM_KINDS = [k for k in KINDS if not k.startswith("rem") and "tile" not in k and "classwise" not in k]
 STRUCTURE_KINDS = ["em", "luminance+tile-8", "classwise", "classwise+luminance+tile-8"]
+COST_STRUCTURES_ONLY = STRUCTURE_KINDS[1:]                 # measured by cost-structures alone
+VICTIM_KINDS = [k for k in KINDS if not k.startswith("rem") and k not in COST_STRUCTURES_ONLY]
 DEFENSES = ["standard", "grayscale", "jpeg"]
 CONFIGS = {
     "smoke": dict(train_size=200, test_size=200, surrogate="smallcnn", victim="smallcnn", epochs=2,
@@ -104,7 +105,7 @@ CONFIGS = {
     "cpu": dict(train_size=5000, test_size=2000, surrogate="smallcnn", victim="smallcnn", epochs=10,
                 noise=dict(max_rounds=15), quality_images=1000, threads=2, kinds=VICTIM_KINDS, victims=True),
     "cost": dict(train_size=1000, surrogate="smallcnn", noise=dict(min_rounds=2, max_rounds=2), quality_images=1000,
-                 threads=2, kinds=[k for k in KINDS if k not in STRUCTURE_KINDS[1:]], victims=False),
+                 threads=2, kinds=[k for k in KINDS if k not in COST_STRUCTURES_ONLY], victims=False),
     "cost-structures": dict(train_size=1000, surrogate="smallcnn", noise=dict(min_rounds=2, max_rounds=2),
                             quality_images=1000, threads=2, kinds=STRUCTURE_KINDS, victims=False),
 }
