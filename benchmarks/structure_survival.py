@@ -17,6 +17,13 @@ rounding, 4:2:0) and grayscale (the grey image in all three channels, as the tra
 it: a luminance δ survives whole, a pixel-wise one about a third). ``dof`` is the pattern's degrees of
 freedom on a 32 × 32 RGB image (the trace of its projection).
 
+``quantisation_reach``: the bound behind these shares (``unlearnable.data.jpeg.quantisation_reach``).
+Per quality and ε, the DCT coefficients that an L∞-bounded pattern can move by a whole quantisation step
+on every image (``reach`` ≥ 1: it survives for certain), each with ``over_content``, the most the pattern
+can move it over the spread (std) of that coefficient in the images' own blocks: where it is below 1, the
+change that survives is smaller than what the content itself puts there, so a victim cannot read it
+block by block.
+
     python benchmarks/structure_survival.py [--images 1000]      # seconds on a 2-core CPU
 """
 from __future__ import annotations
@@ -36,7 +43,7 @@ from common import runtime  # noqa: E402
 
 from unlearnable.data.augment import grayscale  # noqa: E402
 from unlearnable.data.datasets import load_dataset, resolve_data_root  # noqa: E402
-from unlearnable.data.jpeg import jpeg  # noqa: E402
+from unlearnable.data.jpeg import coefficient_spread, jpeg, quant_tables, quantisation_reach  # noqa: E402
 from unlearnable.noise.structure import structure_projection  # noqa: E402
 
 STRUCTURES = [None, "luminance", "lowpass-4", "luminance+lowpass-4", "luminance+lowpass-8", "luminance+tile-4",
@@ -70,10 +77,30 @@ def dof(spec: str | None) -> int:
     return round(float(torch.diagonal(structure_projection(spec)(eye).flatten(1)).sum()))
 
 
+def reach_rows(x: torch.Tensor, qualities: list[int], eps_255: list[float]) -> dict:
+    """Per quality and ε, the coefficients moved for certain and how far they stand out of the content."""
+    spread = coefficient_spread(x)
+    out = {}
+    for q in qualities:
+        tables = quant_tables(q, dtype=torch.float64)
+        for e in eps_255:
+            row = {}
+            for name, reach, table, sd in zip(("luma", "chroma"), quantisation_reach(q, e / 255), tables, spread):
+                certain = [{"uv": [u, v], "reach": round(float(reach[u, v]), 2),
+                            "over_content": round(float(reach[u, v] * table[u, v] / sd[u, v]), 2)}
+                           for u in range(8) for v in range(8) if reach[u, v] >= 1]
+                row[name] = {"certain": len(certain),
+                             "certain_over_content_at_least_1": sum(c["over_content"] >= 1 for c in certain),
+                             "coefficients": certain}
+            out[f"jpeg{q}_eps{e:g}"] = row
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--eps", type=float, default=8, help="ε in /255 levels")
+    ap.add_argument("--reach-eps", default="8,16", help="ε values (/255) for the quantisation-reach section")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -91,6 +118,7 @@ def main() -> int:
         rows[spec or "pixel-wise"] = row
     rec = {"benchmark": "structure_survival", "images": len(x), "data": "CIFAR-10 test, the first images",
            "eps_255": args.eps, "shifts": SHIFTS, "structures": rows,
+           "quantisation_reach": reach_rows(x, [10, 30], [float(e) for e in args.reach_eps.split(",")]),
            "total_seconds": round(time.perf_counter() - t0, 1), **runtime(torch.device("cpu"))}
     print(json.dumps(rec, indent=2))
     return 0

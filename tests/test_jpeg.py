@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from unlearnable.data.jpeg import JPEG, jpeg, quant_tables
+from unlearnable.data.jpeg import (JPEG, block_dct, coefficient_spread, dct_matrix, jpeg, quant_tables,
+                                   quantisation_reach)
 
 
 def crops() -> dict[str, np.ndarray]:
@@ -117,3 +118,39 @@ def test_module_wrapper():
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(JPEG(quality=10)(x), jpeg(x, 10))
     assert "quality=10" in repr(JPEG(quality=10))
+
+
+@pytest.mark.parametrize("quality,eps", [(10, 8 / 255), (30, 8 / 255), (10, 16 / 255)])
+def test_quantisation_reach_is_what_the_quantiser_lets_through(quality, eps):
+    """For every luminance coefficient, the extremal pattern ±eps · sign(b_uv) moves the quantised
+    coefficient on every image where reach >= 1, and on a share of about reach where reach < 1 (content
+    spread uniformly over many steps)."""
+    luma, chroma = quantisation_reach(quality, eps)
+    q_luma, q_chroma = quant_tables(quality, dtype=torch.float64)
+    assert torch.allclose(chroma * q_chroma, luma * q_luma)      # the same L∞ reach in Y, Cb and Cr
+    k = torch.kron(dct_matrix(8, dtype=torch.float64), dct_matrix(8, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    for i in range(64):
+        q = float(q_luma.flatten()[i])
+        coef = torch.zeros(n, 64, dtype=torch.float64)
+        coef[:, i] = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 40 * q
+        content = (coef @ k).reshape(n, 1, 8, 8)
+        pattern = 255 * eps * torch.sign(k[i]).reshape(1, 1, 8, 8)
+        before = torch.round(block_dct(content)[..., i] / q)
+        after = torch.round(block_dct(content + pattern)[..., i] / q)
+        moved = float((after != before).double().mean())
+        r = float(luma.flatten()[i])
+        assert moved == pytest.approx(min(r, 1.0), abs=0.04), (divmod(i, 8), r, moved)
+
+
+def test_coefficient_spread_sees_only_what_varies():
+    """Flat grey images of random brightness vary only the luminance DC coefficient, by 8 × the std of
+    their 8-bit level (orthonormal DCT of an 8 × 8 block); everything else, chroma included, is 0."""
+    g = torch.Generator().manual_seed(0)
+    level = torch.randint(0, 256, (500,), generator=g).double()
+    x = (level / 255).view(-1, 1, 1, 1).expand(-1, 3, 16, 16)
+    luma, chroma = coefficient_spread(x)
+    assert float(luma[0, 0]) == pytest.approx(8 * float(level.repeat_interleave(4).std()), rel=1e-6)  # 4 blocks each
+    rest = luma.flatten()[1:]
+    assert float(rest.abs().max()) < 1e-6 and float(chroma.abs().max()) < 1e-6

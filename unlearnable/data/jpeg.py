@@ -116,15 +116,54 @@ def _round(x: torch.Tensor, differentiable: bool) -> torch.Tensor:
     return torch.round(x)
 
 
+def block_dct(planes: torch.Tensor) -> torch.Tensor:
+    """The 8 × 8 blockwise orthonormal DCT of planes (B, C, H, W), H and W multiples of 8:
+    (B, C, H/8, W/8, 64), coefficient (u, v) at index 8u + v (u vertical, v horizontal frequency, the
+    quantisation tables' order)."""
+    b, c, h, w = planes.shape
+    d = dct_matrix(8, planes.device, planes.dtype)
+    # vec(D X D^T) = (D kron D) vec(X) for row-major vec: one (N, 64) x (64, 64) GEMM for all blocks.
+    blocks = planes.reshape(b, c, h // 8, 8, w // 8, 8).transpose(3, 4).reshape(b, c, h // 8, w // 8, 64)
+    return blocks @ torch.kron(d, d).T
+
+
+def quantisation_reach(quality: int | float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far a bounded pattern can move each quantised DCT coefficient: (luma, chroma), each (8, 8),
+    in quantisation steps of ``quality``'s tables, for any δ with ‖δ‖∞ ≤ ``eps`` (pixels in [0, 1]).
+
+    reach(u, v) = 255 · eps · g · Σ|b_uv| / Q(u, v): Σ|b_uv| (the L1 norm of the orthonormal basis block)
+    is the most an L∞-bounded change can move its coefficient (Hölder; reached by ±eps · sign(b_uv)), and
+    g = Σ_c |M_kc| = 1 for Y, Cb and Cr alike is the most an RGB change of 1 moves the plane (4:2:0
+    averaging keeps it: a δ constant over 2 × 2 passes whole). reach ≥ 1: the pattern moves that quantised
+    coefficient by at least one step whatever the image under it, so it survives for certain; reach < 1:
+    only where the image's own coefficient lies within reach of a rounding boundary (a share of about
+    reach when the content spreads over many steps). The bound ignores the planes' 8-bit rounding and
+    clipping at 0 and 255, and one δ spends its whole budget on one coefficient to reach it."""
+    k = torch.kron(dct_matrix(8, dtype=torch.float64), dct_matrix(8, dtype=torch.float64))
+    l1 = k.abs().sum(1).reshape(8, 8)
+    to_ycc = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64).abs().sum(1)
+    luma_q, chroma_q = quant_tables(quality, dtype=torch.float64)
+    return 255 * eps * to_ycc[0] * l1 / luma_q, 255 * eps * to_ycc[1:].max() * l1 / chroma_q
+
+
+def coefficient_spread(x: torch.Tensor, subsampling: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(luma, chroma) (8, 8): the std of each DCT coefficient over all blocks of images x (B, 3, H, W) in
+    [0, 1], H and W multiples of 16, on JPEG's 8-bit scale; chroma (Cb and Cr pooled) after 4:2:0 averaging
+    with ``subsampling``. How much the images' own content puts in each coefficient, to compare a
+    pattern's :func:`quantisation_reach` with."""
+    ycc = torch.einsum("ij,bjhw->bihw", torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64), x.double() * 255)
+    chroma = F.avg_pool2d(ycc[:, 1:], 2) if subsampling else ycc[:, 1:]
+    return (block_dct(ycc[:, :1] - 128).reshape(-1, 64).std(0).reshape(8, 8),
+            block_dct(chroma).reshape(-1, 64).std(0).reshape(8, 8))
+
+
 def _blockwise_quantise(planes: torch.Tensor, table: torch.Tensor, differentiable: bool) -> torch.Tensor:
     """planes (B, C, H, W), H and W multiples of 8, level-shifted 8-bit scale; table (8, 8) or
     (B, 8, 8). Returns the planes after DCT, quantise, dequantise, IDCT (same shape)."""
     b, c, h, w = planes.shape
     d = dct_matrix(8, planes.device, planes.dtype)
-    # vec(D X D^T) = (D kron D) vec(X) for row-major vec: one (N, 64) x (64, 64) GEMM for all blocks.
     k = torch.kron(d, d)
-    blocks = planes.reshape(b, c, h // 8, 8, w // 8, 8).transpose(3, 4).reshape(b, c, h // 8, w // 8, 64)
-    coef = blocks @ k.T
+    coef = block_dct(planes)
     table = table.reshape(-1, 1, 1, 1, 64)  # (1 or B, 1, 1, 1, 64)
     coef = _round(coef / table, differentiable) * table
     blocks = (coef @ k).reshape(b, c, h // 8, w // 8, 8, 8)
