@@ -131,25 +131,27 @@ def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig |
     return MinMinConfig(mode=mode, max_rounds=cap, structure=spec["structure"]), views
 
 
-def protect(out: Path, kind: str, c: dict, data_root, dev, seed: int = 0) -> Path:
-    d = out / f"protected-{named(kind, seed)}"
+def protect(out: Path, kind: str, c: dict, data_root, dev, seed: int = 0, eps_255: float = 8) -> Path:
+    d = out / f"protected-{named(kind, seed, eps_255)}"
     try:
         read_manifest(d)
         return d
     except Exception:
         pass
     cfg, views = kind_settings(kind, c)
-    cfg = replace(cfg, seed=seed)
-    log(f"protecting ({named(kind, seed)})")
+    # another ε keeps the engine's step/ε ratio (0.8/255 per 8/255, the paper's ε/10)
+    cfg = replace(cfg, seed=seed, eps=eps_255 / 255, step_size=cfg.step_size * eps_255 / 8)
+    log(f"protecting ({named(kind, seed, eps_255)})")
     protect_dataset("cifar10", d, cfg, c["surrogate"], c["subset"], data_root, str(dev), defense_aware=views,
                     on_event=lambda k, r: k == "round" and log(f"  round {r['round']}: surrogate acc "
                                                                 f"{r['surrogate_acc']:.4f} ({r['seconds']:.0f}s)"))
     return d
 
 
-def named(kind: str, seed: int) -> str:
-    """The kind's folder and result name: the kind itself for the noise seed 0, else kind-seedN."""
-    return kind if seed == 0 else f"{kind}-seed{seed}"
+def named(kind: str, seed: int, eps_255: float = 8) -> str:
+    """The kind's folder and result name: the kind itself for the noise seed 0 and ε = 8/255, else with
+    -seedN and / or -epsE appended."""
+    return kind + (f"-seed{seed}" if seed else "") + (f"-eps{eps_255:g}" if eps_255 != 8 else "")
 
 
 def share_clean_cells(out: Path, dest: Path, tag: str) -> None:
@@ -189,6 +191,9 @@ def main() -> int:
                    "surrogate's initialisation and the search (the victims keep their training seed; the clean "
                    "cells are trained anew on the new subset); not 0: the kind's folders and result are named "
                    "KIND-seedN")
+    p.add_argument("--eps", type=float, default=8, help="the noise's L∞ radius in /255 levels (the issue's targets "
+                   "are at 8); another value scales the PGD step with it and names the kind's folders and result "
+                   "KIND-epsE")
     args = p.parse_args()
     c = CONFIGS[args.config]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -213,14 +218,14 @@ def main() -> int:
                     "at_training": {"8/255": [cfg8.at_steps, cfg8.at_alpha], "4/255": [cfg4.at_steps, cfg4.at_alpha]},
                     "kinds": {}}
     for kind in kinds:
-        name = named(kind, args.noise_seed)
+        name = named(kind, args.noise_seed, args.eps)
         if args.finished_only:
             try:
                 read_manifest(out / f"protected-{name}")
             except Exception:
                 result["kinds"][name] = {"status": "protection not finished"}
                 continue
-        prot = protect(out, kind, c, args.data_root, dev, args.noise_seed)
+        prot = protect(out, kind, c, args.data_root, dev, args.noise_seed, args.eps)
         m = read_manifest(prot)
         reports = {}
         for tag, cfg in (("8", cfg8), ("4", cfg4)):
