@@ -9,6 +9,7 @@ every protection and matrix cell is cached under --out, so a rerun resumes.
 
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench      # hours on 2 cores: run it alone
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench --finished-only   # the cells so far
+    python benchmarks/noise_kinds.py --config cpu --kinds classwise --noise-seed 1 --eps 16   # another draw, radius
 
 Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate, same seed):
     em             error-minimising noise (Huang et al., arXiv 2101.04898), the engine's defaults
@@ -58,6 +59,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import log, runtime  # noqa: E402
@@ -66,6 +70,7 @@ from defenses import CONFIGS as DEFENSE_CONFIGS, log_event, matrix_config, table
 from unlearnable.data.protected import read_manifest  # noqa: E402
 from unlearnable.device import resolve_device  # noqa: E402
 from unlearnable.errors import UnlearnableError  # noqa: E402
+from unlearnable.eval.confusability import confusability_summary  # noqa: E402
 from unlearnable.noise.defense_views import DefenseViewConfig  # noqa: E402
 from unlearnable.noise.minmin import MinMinConfig  # noqa: E402
 from unlearnable.noise.robust import RobustSettings  # noqa: E402
@@ -242,6 +247,9 @@ def main() -> int:
             "written": written, "matrix_at_8": rows8, "matrix_at_4": rows4,
             "cells_missing": reports["8"]["cells_missing"] + reports["4"]["cells_missing"],
             "verdict_text": reports["8"]["verdict_text"], "targets": targets(rows8, rows4)}
+        if ((m.get("settings") or {}).get("minmin") or {}).get("mode") == "classwise":   # crop + flip vs the classes
+            delta = torch.from_numpy(np.load(prot / "perturbation.npy").astype(np.float32))
+            result["kinds"][name]["confusability"] = confusability_summary(delta)
     em = result["kinds"].get("em", {}).get("generation_seconds")
     for r in result["kinds"].values():
         if em and r.get("generation_seconds"):
