@@ -116,15 +116,30 @@ def _round(x: torch.Tensor, differentiable: bool) -> torch.Tensor:
     return torch.round(x)
 
 
+def _dct_kron(device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
+    """D kron D (64, 64): vec(D X D^T) = (D kron D) vec(X) for a row-major 8 × 8 block X, so one
+    (N, 64) x (64, 64) GEMM transforms all blocks."""
+    d = dct_matrix(8, device, dtype)
+    return torch.kron(d, d)
+
+
+def _to_blocks(planes: torch.Tensor) -> torch.Tensor:
+    """planes (B, C, H, W), H and W multiples of 8 -> (B, C, H/8, W/8, 64), each block row-major."""
+    b, c, h, w = planes.shape
+    return planes.reshape(b, c, h // 8, 8, w // 8, 8).transpose(3, 4).reshape(b, c, h // 8, w // 8, 64)
+
+
+def _to_ycbcr(rgb255: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB on the 8-bit scale -> JFIF Y, Cb, Cr (chroma centred at 0, no level shift)."""
+    return torch.einsum("ij,bjhw->bihw", torch.tensor(_RGB_TO_YCBCR, device=rgb255.device, dtype=rgb255.dtype),
+                        rgb255)
+
+
 def block_dct(planes: torch.Tensor) -> torch.Tensor:
     """The 8 × 8 blockwise orthonormal DCT of planes (B, C, H, W), H and W multiples of 8:
     (B, C, H/8, W/8, 64), coefficient (u, v) at index 8u + v (u vertical, v horizontal frequency, the
     quantisation tables' order)."""
-    b, c, h, w = planes.shape
-    d = dct_matrix(8, planes.device, planes.dtype)
-    # vec(D X D^T) = (D kron D) vec(X) for row-major vec: one (N, 64) x (64, 64) GEMM for all blocks.
-    blocks = planes.reshape(b, c, h // 8, 8, w // 8, 8).transpose(3, 4).reshape(b, c, h // 8, w // 8, 64)
-    return blocks @ torch.kron(d, d).T
+    return _to_blocks(planes) @ _dct_kron(planes.device, planes.dtype).T
 
 
 def quantisation_reach(quality: int | float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,8 +154,7 @@ def quantisation_reach(quality: int | float, eps: float) -> tuple[torch.Tensor, 
     only where the image's own coefficient lies within reach of a rounding boundary (a share of about
     reach when the content spreads over many steps). The bound ignores the planes' 8-bit rounding and
     clipping at 0 and 255, and one δ spends its whole budget on one coefficient to reach it."""
-    k = torch.kron(dct_matrix(8, dtype=torch.float64), dct_matrix(8, dtype=torch.float64))
-    l1 = k.abs().sum(1).reshape(8, 8)
+    l1 = _dct_kron(None, torch.float64).abs().sum(1).reshape(8, 8)
     to_ycc = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64).abs().sum(1)
     luma_q, chroma_q = quant_tables(quality, dtype=torch.float64)
     return 255 * eps * to_ycc[0] * l1 / luma_q, 255 * eps * to_ycc[1:].max() * l1 / chroma_q
@@ -151,7 +165,7 @@ def coefficient_spread(x: torch.Tensor, subsampling: bool = True) -> tuple[torch
     [0, 1], H and W multiples of 16, on JPEG's 8-bit scale; chroma (Cb and Cr pooled) after 4:2:0 averaging
     with ``subsampling``. How much the images' own content puts in each coefficient, to compare a
     pattern's :func:`quantisation_reach` with."""
-    ycc = torch.einsum("ij,bjhw->bihw", torch.tensor(_RGB_TO_YCBCR, dtype=torch.float64), x.double() * 255)
+    ycc = _to_ycbcr(x.double() * 255)
     chroma = F.avg_pool2d(ycc[:, 1:], 2) if subsampling else ycc[:, 1:]
     return (block_dct(ycc[:, :1] - 128).reshape(-1, 64).std(0).reshape(8, 8),
             block_dct(chroma).reshape(-1, 64).std(0).reshape(8, 8))
@@ -161,9 +175,8 @@ def _blockwise_quantise(planes: torch.Tensor, table: torch.Tensor, differentiabl
     """planes (B, C, H, W), H and W multiples of 8, level-shifted 8-bit scale; table (8, 8) or
     (B, 8, 8). Returns the planes after DCT, quantise, dequantise, IDCT (same shape)."""
     b, c, h, w = planes.shape
-    d = dct_matrix(8, planes.device, planes.dtype)
-    k = torch.kron(d, d)
-    coef = block_dct(planes)
+    k = _dct_kron(planes.device, planes.dtype)
+    coef = _to_blocks(planes) @ k.T
     table = table.reshape(-1, 1, 1, 1, 64)  # (1 or B, 1, 1, 1, 64)
     coef = _round(coef / table, differentiable) * table
     blocks = (coef @ k).reshape(b, c, h // 8, w // 8, 8, 8)
@@ -212,9 +225,8 @@ def jpeg(x: torch.Tensor, quality: int | float | torch.Tensor = 75, differentiab
         y = _round(_blockwise_quantise(y, luma_q, differentiable).clamp(-128.0, 127.0), differentiable)
         return ((y[..., :h, :w] + 128.0) / 255.0).clamp(0.0, 1.0).to(dtype)
 
-    to_ycc = torch.tensor(_RGB_TO_YCBCR, device=x.device)
     to_rgb = torch.tensor(_YCBCR_TO_RGB, device=x.device)
-    ycc = torch.einsum("ij,bjhw->bihw", to_ycc, xf)
+    ycc = _to_ycbcr(xf)
     ycc = torch.cat([ycc[:, :1] - 128.0, ycc[:, 1:]], dim=1)  # level shift; chroma already centred
     ycc = _round(ycc, differentiable).clamp(-128.0, 127.0)  # libjpeg's planes are 8-bit integers
 
