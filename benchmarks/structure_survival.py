@@ -35,13 +35,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import runtime  # noqa: E402
 
-from unlearnable.data.augment import grayscale  # noqa: E402
+from unlearnable.data.augment import crop_shift, grayscale  # noqa: E402
 from unlearnable.data.datasets import load_dataset, resolve_data_root  # noqa: E402
 from unlearnable.data.jpeg import coefficient_spread, jpeg, quant_tables, quantisation_reach  # noqa: E402
 from unlearnable.noise.structure import structure_projection  # noqa: E402
@@ -52,18 +51,12 @@ STRUCTURES = [None, "luminance", "lowpass-4", "luminance+lowpass-4", "luminance+
 SHIFTS = [(0, 0), (1, 0), (0, 1), (2, 3), (-3, 1), (4, -2), (-1, -4), (3, 3), (-4, -4)]   # (dx, dy); first: aligned
 
 
-def shift(z: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """The 32 × 32 crop of ``z`` zero-padded by 4, moved by (dx, dy): the trainer's random crop."""
-    h, w = z.shape[-2:]
-    return F.pad(z, (4, 4, 4, 4))[..., 4 + dy:4 + dy + h, 4 + dx:4 + dx + w]
-
-
 def survival(squeeze, x: torch.Tensor, delta: torch.Tensor) -> list[float]:
     """Per shift, the share of the change that ``squeeze`` keeps (module doc)."""
     xp = (x + delta).clamp(0, 1)
     out = []
     for dx, dy in SHIFTS:
-        a, b = shift(x, dx, dy), shift(xp, dx, dy)
+        a, b = crop_shift(x, dx, dy), crop_shift(xp, dx, dy)
         kept, went_in = squeeze(b) - squeeze(a), b - a
         out.append(float((kept * went_in).sum() / (went_in * went_in).sum()))
     return out

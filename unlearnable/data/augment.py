@@ -41,6 +41,13 @@ def random_crop(x: torch.Tensor, padding: int = 4, generator: torch.Generator | 
     return padded[bi, ci, rows, cols]
 
 
+def crop_shift(x: torch.Tensor, dx: int, dy: int, padding: int = 4) -> torch.Tensor:
+    """The crop of :func:`random_crop` at one fixed offset: x (..., H, W) zero-padded by ``padding``
+    and moved by (dx, dy), |dx|, |dy| <= padding (dx = dy = 0: x itself)."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (padding,) * 4)[..., padding + dy:padding + dy + h, padding + dx:padding + dx + w]
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Horizontal flip of a random half of the batch."""
     mask = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)

@@ -17,8 +17,8 @@ CIFAR-10 kinds of ``benchmarks/noise_kinds.py`` (README, "What JPEG-10 keeps").
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..data.augment import crop_shift
 from ..errors import UnlearnableError
 
 
@@ -28,13 +28,8 @@ def crop_flip_views(delta: torch.Tensor, pad: int = 4, flip: bool = True) -> tor
     view index ``f · (2 pad + 1)² + (dy + pad) · (2 pad + 1) + (dx + pad)``, f = 1 flipped."""
     if delta.dim() != 4:
         raise UnlearnableError(f"patterns must be (K, C, H, W), got {tuple(delta.shape)}")
-    h, w = delta.shape[-2:]
-    views = []
-    for z in ((delta, delta.flip(-1)) if flip else (delta,)):
-        p = F.pad(z, (pad, pad, pad, pad))
-        views += [p[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-                  for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)]
-    return torch.stack(views, 1)
+    return torch.stack([crop_shift(z, dx, dy, pad) for z in ((delta, delta.flip(-1)) if flip else (delta,))
+                        for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)], 1)
 
 
 def confusability(delta: torch.Tensor, pad: int = 4, flip: bool = True) -> torch.Tensor:
