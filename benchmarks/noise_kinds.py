@@ -10,6 +10,7 @@ every protection and matrix cell is cached under --out, so a rerun resumes.
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench      # hours on 2 cores: run it alone
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench --finished-only   # the cells so far
     python benchmarks/noise_kinds.py --config cpu --kinds classwise --noise-seed 1 --eps 16   # another draw, radius
+    python benchmarks/noise_kinds.py --config cpu --kinds classwise+aware-standard+luminance+tile-8 --max-rounds 200
 
 Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate, same seed):
     em             error-minimising noise (Huang et al., arXiv 2101.04898), the engine's defaults
@@ -136,8 +137,9 @@ def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig |
     return MinMinConfig(mode=mode, max_rounds=cap, structure=spec["structure"]), views
 
 
-def protect(out: Path, kind: str, c: dict, data_root, dev, seed: int = 0, eps_255: float = 8) -> Path:
-    d = out / f"protected-{named(kind, seed, eps_255)}"
+def protect(out: Path, kind: str, c: dict, data_root, dev, seed: int = 0, eps_255: float = 8,
+            cap: int | None = None) -> Path:
+    d = out / f"protected-{named(kind, seed, eps_255, cap)}"
     try:
         read_manifest(d)
         return d
@@ -145,18 +147,20 @@ def protect(out: Path, kind: str, c: dict, data_root, dev, seed: int = 0, eps_25
         pass
     cfg, views = kind_settings(kind, c)
     # another ε keeps the engine's step/ε ratio (0.8/255 per 8/255, the paper's ε/10)
-    cfg = replace(cfg, seed=seed, eps=eps_255 / 255, step_size=cfg.step_size * eps_255 / 8)
-    log(f"protecting ({named(kind, seed, eps_255)})")
+    cfg = replace(cfg, seed=seed, eps=eps_255 / 255, step_size=cfg.step_size * eps_255 / 8,
+                  max_rounds=cap or cfg.max_rounds)
+    log(f"protecting ({named(kind, seed, eps_255, cap)})")
     protect_dataset("cifar10", d, cfg, c["surrogate"], c["subset"], data_root, str(dev), defense_aware=views,
                     on_event=lambda k, r: k == "round" and log(f"  round {r['round']}: surrogate acc "
                                                                 f"{r['surrogate_acc']:.4f} ({r['seconds']:.0f}s)"))
     return d
 
 
-def named(kind: str, seed: int, eps_255: float = 8) -> str:
-    """The kind's folder and result name: the kind itself for the noise seed 0 and ε = 8/255, else with
-    -seedN and / or -epsE appended."""
-    return kind + (f"-seed{seed}" if seed else "") + (f"-eps{eps_255:g}" if eps_255 != 8 else "")
+def named(kind: str, seed: int, eps_255: float = 8, cap: int | None = None) -> str:
+    """The kind's folder and result name: the kind itself for the noise seed 0, ε = 8/255 and the config's
+    round cap, else with -seedN, -epsE and / or -capN appended."""
+    return (kind + (f"-seed{seed}" if seed else "") + (f"-eps{eps_255:g}" if eps_255 != 8 else "")
+            + (f"-cap{cap}" if cap else ""))
 
 
 def share_clean_cells(out: Path, dest: Path, tag: str) -> None:
@@ -199,6 +203,9 @@ def main() -> int:
     p.add_argument("--eps", type=float, default=8, help="the noise's L∞ radius in /255 levels (the issue's targets "
                    "are at 8); another value scales the PGD step with it and names the kind's folders and result "
                    "KIND-epsE")
+    p.add_argument("--max-rounds", type=int, default=None, help="the search's round cap for every kind (default: "
+                   "the config's, 30 sample-wise, 60 class-wise on cpu); given, names the kind's folders and result "
+                   "KIND-capN")
     args = p.parse_args()
     c = CONFIGS[args.config]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -223,14 +230,14 @@ def main() -> int:
                     "at_training": {"8/255": [cfg8.at_steps, cfg8.at_alpha], "4/255": [cfg4.at_steps, cfg4.at_alpha]},
                     "kinds": {}}
     for kind in kinds:
-        name = named(kind, args.noise_seed, args.eps)
+        name = named(kind, args.noise_seed, args.eps, args.max_rounds)
         if args.finished_only:
             try:
                 read_manifest(out / f"protected-{name}")
             except Exception:
                 result["kinds"][name] = {"status": "protection not finished"}
                 continue
-        prot = protect(out, kind, c, args.data_root, dev, args.noise_seed, args.eps)
+        prot = protect(out, kind, c, args.data_root, dev, args.noise_seed, args.eps, args.max_rounds)
         m = read_manifest(prot)
         reports = {}
         for tag, cfg in (("8", cfg8), ("4", cfg4)):
