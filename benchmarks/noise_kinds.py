@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -163,12 +164,16 @@ def named(kind: str, seed: int, eps_255: float = 8, cap: int | None = None) -> s
             + (f"-cap{cap}" if cap else ""))
 
 
-def share_clean_cells(out: Path, dest: Path, tag: str) -> None:
-    """Copy the finished clean cells of the other kinds' matrices with the same AT radius ``tag`` into
-    ``dest`` (their fingerprints do not depend on the protection when there is no pattern readout;
-    one that does not fit is retrained)."""
+def share_clean_cells(out: Path, dest: Path, tag: str, seed: int = 0) -> None:
+    """Copy the finished clean cells of the other kinds' matrices with the same AT radius ``tag`` and noise
+    ``seed`` into ``dest`` (their fingerprints do not depend on the protection when there is no pattern
+    readout, only on the seed's subset; one that does not fit is retrained). Only the same seed's: a cell
+    of another subset has the same file name and would block the one that fits."""
     (dest / "cells").mkdir(parents=True, exist_ok=True)
-    for f in out.glob(f"verify-*-at{tag}/cells/*--clean.json"):
+    for f in sorted(out.glob(f"verify-*-at{tag}/cells/*--clean.json")):
+        m = re.search(r"-seed(\d+)", f.parent.parent.name)
+        if (int(m.group(1)) if m else 0) != seed:
+            continue
         if f.parent != dest / "cells" and not (dest / "cells" / f.name).exists():
             shutil.copy(f, dest / "cells" / f.name)
 
@@ -242,7 +247,7 @@ def main() -> int:
         reports = {}
         for tag, cfg in (("8", cfg8), ("4", cfg4)):
             mout = out / f"verify-{name}-at{tag}"
-            share_clean_cells(out, mout, tag)
+            share_clean_cells(out, mout, tag, args.noise_seed)
             reports[tag] = verify_defenses(prot, mout, cfg, str(dev), args.data_root, on_event=log_event(f"{name} "),
                                            only_finished=args.finished_only)
         rows8, rows4 = table(reports["8"]), table(reports["4"])
