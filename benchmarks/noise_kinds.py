@@ -4,7 +4,7 @@ noise kind through ``protect-dataset`` (so what is measured is the written files
 recovery against the same-defense and the standard clean model, verdicts) under the defenses a
 trainer would use and the attacker's strongest simple recoveries: standard, PGD adversarial training
 at 8/255 *and* at 4/255, JPEG-10 and grayscale (Image Shortcut Squeezing, Liu et al., ICML 2023,
-arXiv 2302.01906), cutout, mixup, cutmix. Prints one JSON object on stdout (progress on stderr);
+arXiv 2301.13838), cutout, mixup, cutmix. Prints one JSON object on stdout (progress on stderr);
 every protection and matrix cell is cached under --out, so a rerun resumes.
 
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench      # hours on 2 cores: run it alone

@@ -6,7 +6,7 @@ them); random draws come from a CPU ``torch.Generator`` so runs are reproducible
 
 Data-side defenses:
 - ``grayscale``: ITU-R BT.601 luma replicated to C channels (colour noise loses most of its
-  energy; "Image shortcut squeezing", Liu et al. 2023, arXiv 2302.01906).
+  energy; "Image shortcut squeezing", Liu et al. 2023, arXiv 2301.13838).
 - JPEG compression (quality 10 in that paper): ``unlearnable.data.jpeg.jpeg``.
 - ``cutout`` (DeVries & Taylor 2017, arXiv 1708.04552): one zeroed square per image, its centre
   uniform over the image (so it may be clipped at the border), side 16 px on CIFAR.

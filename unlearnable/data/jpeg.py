@@ -1,7 +1,7 @@
 """Batched JPEG compression simulated in torch, optionally differentiable.
 
 Two uses: (a) the data-side defence "JPEG compression, quality 10" of *Image shortcut
-squeezing* (Liu et al., arXiv 2302.01906), applied to whole batches on the device; (b) inside a
+squeezing* (Liu et al., arXiv 2301.13838), applied to whole batches on the device; (b) inside a
 PGD noise search as a differentiable stand-in for the JPEG re-encode a scraper applies
 (quality ~75), so that the noise is optimised to survive it.
 

@@ -2,7 +2,7 @@
 batched, on-device random view that the min-min search (``unlearnable.noise.defense_aware``) takes
 every PGD step's gradient through and trains its surrogate on: expectation over transformations
 (Athalye et al., arXiv 1707.07397), with the transformations of the defenses that undo error-minimising
-noise (Image Shortcut Squeezing, Liu et al., ICML 2023, arXiv 2302.01906: grayscale and JPEG-10;
+noise (Image Shortcut Squeezing, Liu et al., ICML 2023, arXiv 2301.13838: grayscale and JPEG-10;
 the augmentations of ``unlearnable.train.defenses``). Issue 13, item 2.
 
 A view of a batch z (B, C, H, W) in [0, 1]: first the trainer's random crop (zero padding 4) and

@@ -44,7 +44,7 @@ Deviations, named:
    blotches seen on photos are chroma at low spatial frequency, where the eye's chromatic contrast
    sensitivity is highest (its CSF is low-pass, Mullen, J. Physiol. 359, 1985) and where flat
    regions offer no masking. Luma-heavy noise also keeps its energy under a grayscale conversion (a
-   squeezing defense, Liu et al. 2023, arXiv 2302.01906), at the price of the chroma degrees of
+   squeezing defense, Liu et al. 2023, arXiv 2301.13838), at the price of the chroma degrees of
    freedom. 0.25 is a design choice, not a fitted constant (only this value has been measured).
 4. *Budget, not threshold*: m caps the noise at min(ε, JND) per pixel (ε stays the hard bound);
    where the JND exceeds ε (dark areas, strong texture) the noise keeps its full ε.

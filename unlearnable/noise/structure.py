@@ -2,7 +2,7 @@
 min-min engine (option ``MinMinConfig.structure`` of ``unlearnable.noise.minmin``), so that the noise
 lives where a trainer's squeezing defenses keep it (issue 13, item 2).
 
-Why. Image Shortcut Squeezing (Liu et al., ICML 2023, arXiv 2302.01906) removes error-minimising
+Why. Image Shortcut Squeezing (Liu et al., ICML 2023, arXiv 2301.13838) removes error-minimising
 noise (Huang et al., arXiv 2101.04898) by grayscale conversion or JPEG at quality 10: the noise is
 mostly colour and high spatial frequency, and both squeezers throw exactly that away. Two
 projections keep the noise in what they keep:

@@ -10,8 +10,8 @@ cas      AT + Channel-wise Activation Suppressing (arXiv 2103.08307), β = 2, of
          its training attack and its robust readout maximise CE + β·aux CE (``step.attack_loss``)
 apl      Active Passive Loss NCE+RCE (arXiv 2006.13554), the paper's α, β for the dataset
 tcr      Temporal Calibrated Regularization (arXiv 2007.00240), β = 0.1, γ = 1.1
-jpeg     JPEG compression of every training batch, quality 10 (arXiv 2302.01906)
-grayscale training on grayscale images (arXiv 2302.01906)
+jpeg     JPEG compression of every training batch, quality 10 (arXiv 2301.13838)
+grayscale training on grayscale images (arXiv 2301.13838)
 cutout   one 16 × 16 hole per image (arXiv 1708.04552)
 mixup    mixup, α = 1 (arXiv 1710.09412)
 cutmix   cutmix, α = 1 (arXiv 1905.04899)
