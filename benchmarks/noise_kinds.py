@@ -11,6 +11,7 @@ every protection and matrix cell is cached under --out, so a rerun resumes.
     python benchmarks/noise_kinds.py --config cpu --out kinds-bench --finished-only   # the cells so far
     python benchmarks/noise_kinds.py --config cpu --kinds classwise --noise-seed 1 --eps 16   # another draw, radius
     python benchmarks/noise_kinds.py --config cpu --kinds classwise+aware-standard+luminance+tile-8 --max-rounds 200
+    python benchmarks/noise_kinds.py --config cpu --kinds classwise --defenses jpeg-iss      # JPEG-10 in ISS's order
 
 Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate, same seed):
     em             error-minimising noise (Huang et al., arXiv 2101.04898), the engine's defaults
@@ -78,6 +79,7 @@ from unlearnable.noise.minmin import MinMinConfig  # noqa: E402
 from unlearnable.noise.robust import RobustSettings  # noqa: E402
 from unlearnable.noise.structure import parse_structure  # noqa: E402
 from unlearnable.protect.dataset import protect_dataset  # noqa: E402
+from unlearnable.train.defenses import parse_defenses  # noqa: E402
 from unlearnable.verify.matrix import verify_defenses  # noqa: E402
 
 DEFENSES_8 = ["standard", "at", "jpeg", "grayscale", "cutout", "mixup", "cutmix"]
@@ -211,6 +213,9 @@ def main() -> int:
     p.add_argument("--max-rounds", type=int, default=None, help="the search's round cap for every kind (default: "
                    "the config's, 30 sample-wise, 60 class-wise on cpu); given, names the kind's folders and result "
                    "KIND-capN")
+    p.add_argument("--defenses", default=",".join(DEFENSES_8), help="the victims' defenses at 8/255 (default: the "
+                   "issue's seven; e.g. jpeg-iss, JPEG-10 in Image Shortcut Squeezing's own order); AT at 4/255 runs "
+                   "too when 'at' is among them")
     args = p.parse_args()
     c = CONFIGS[args.config]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -226,8 +231,13 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cfg8 = replace(matrix_config(c, [c["matrix_arch"]], DEFENSES_8, patterns=["none"]))
+    try:
+        defenses = parse_defenses(args.defenses)
+    except UnlearnableError as e:
+        p.error(str(e))
+    cfg8 = replace(matrix_config(c, [c["matrix_arch"]], defenses, patterns=["none"]))
     cfg4 = replace(cfg8, defenses=["at"], at_eps=4 / 255, at_alpha=c["at4_alpha"])
+    radii = (("8", cfg8), ("4", cfg4)) if "at" in defenses else (("8", cfg8),)
     result: dict = {"benchmark": "noise_kinds", "config": args.config, "dataset": "cifar10",
                     "subset_size": c["subset"] or 50_000, "test_size": c["test_subset"] or 10_000,
                     "epochs": c["epochs"], "targets": {"protected_at_most": TARGET_PROTECTED,
@@ -245,19 +255,19 @@ def main() -> int:
         prot = protect(out, kind, c, args.data_root, dev, args.noise_seed, args.eps, args.max_rounds)
         m = read_manifest(prot)
         reports = {}
-        for tag, cfg in (("8", cfg8), ("4", cfg4)):
+        for tag, cfg in radii:
             mout = out / f"verify-{name}-at{tag}"
             share_clean_cells(out, mout, tag, args.noise_seed)
             reports[tag] = verify_defenses(prot, mout, cfg, str(dev), args.data_root, on_event=log_event(f"{name} "),
                                            only_finished=args.finished_only)
-        rows8, rows4 = table(reports["8"]), table(reports["4"])
+        rows8, rows4 = table(reports["8"]), table(reports["4"]) if "4" in reports else {}
         written = m.get("written") or {}
         result["kinds"][name] = {
             "rounds": m["rounds"], "converged": m["converged"], "final_surrogate_acc": m["final_surrogate_acc"],
             **({"views_from_round": m["views_from_round"]} if "views_from_round" in m else {}),
             "generation_seconds": m["generation_seconds"], "noise_settings": m.get("settings"),
             "written": written, "matrix_at_8": rows8, "matrix_at_4": rows4,
-            "cells_missing": reports["8"]["cells_missing"] + reports["4"]["cells_missing"],
+            "cells_missing": sum((r["cells_missing"] for r in reports.values()), []),
             "verdict_text": reports["8"]["verdict_text"], "targets": targets(rows8, rows4)}
         if ((m.get("settings") or {}).get("minmin") or {}).get("mode") == "classwise":   # crop + flip vs the classes
             delta = torch.from_numpy(np.load(prot / "perturbation.npy").astype(np.float32))

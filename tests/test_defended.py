@@ -183,6 +183,38 @@ def test_cas_cells_are_read_out_with_the_adaptive_objective(monkeypatch):
     assert cas["robust_eval"]["objective"] == "ce+2*cas_aux" and at["robust_eval"]["objective"] == "ce"
 
 
+def test_jpeg_iss_squeezes_the_stored_images_once_before_the_crop(monkeypatch):
+    """ISS's order: jpeg-iss trains a plain step on the stored images JPEG-10'd and rounded to 8 bits; jpeg
+    keeps the stored images and compresses each augmented batch in its step instead."""
+    from conftest import synthetic_images
+
+    from unlearnable.data.datasets import ImageTensors
+    from unlearnable.data.jpeg import jpeg
+    from unlearnable.train.defenses import TransformStep, squeeze_images
+    from unlearnable.train.loop import StandardStep
+
+    x, y = synthetic_images(40, 10, seed=0)
+    data = ImageTensors(torch.from_numpy(x), torch.from_numpy(y), [str(k) for k in range(10)], "toy")
+    seen = {}
+
+    def fake_train(model, train_set, test_set, tc, step=None, **kw):
+        seen[len(seen)] = (train_set.images.clone(), step)
+        return []
+
+    monkeypatch.setattr(defended, "train", fake_train)
+    monkeypatch.setattr(defended, "summarize_run", lambda *a: {})
+    cfg = MatrixConfig(archs=["smallcnn"], train=TrainConfig(epochs=1, batch_size=20), robust_images=0,
+                       patterns_for=["none"])
+    for d in ("jpeg-iss", "jpeg"):
+        run_cell("smallcnn", d, "clean", data, data, cfg, torch.device("cpu"), "cifar10")
+    (iss, iss_step), (per_batch, batch_step) = seen[0], seen[1]
+    expected = (jpeg(data.images.float() / 255, 10) * 255).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(iss, expected) and not torch.equal(iss, data.images)
+    assert torch.equal(squeeze_images(data.images, lambda v: jpeg(v, 10), batch=7), expected)   # batching
+    assert type(iss_step) is StandardStep
+    assert torch.equal(per_batch, data.images) and isinstance(batch_step, TransformStep)
+
+
 def test_split_validation_is_balanced_disjoint_and_seeded():
     labels = torch.tensor([0] * 20 + [1] * 10 + [2] * 3)
     tr, val = split_validation(labels, 0.1, seed=3)
