@@ -27,6 +27,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [0, 1] -> uint8 in [0, 255], rounded to the nearest level (values outside clamped): the inverse
+    of :func:`to_float` up to rounding, what writing and decoding an 8-bit image gives."""
+    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def random_crop(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop of the zero-padded batch back to (H, W): the standard CIFAR 'RandomCrop(32, 4)',
     one offset per image, done with one gather."""

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.augment import to_uint8
 from ..data.datasets import ImageTensors
 from ..noise.minmin import MinMinConfig, RoundLog
 from ..noise.problems import photo_noise
@@ -66,7 +67,7 @@ def aligned_crops(image: np.ndarray, faces: Sequence[Face]) -> tuple[torch.Tenso
     if not faces:
         return torch.zeros(0, 3, 112, 112, dtype=torch.uint8), torch.zeros(0, 2, 3, dtype=torch.float64)
     crops, m = align(image, np.stack([f.landmarks for f in faces]))
-    return (crops * 255).round_().clamp_(0, 255).to(torch.uint8), m
+    return to_uint8(crops), m
 
 
 def face_noise(crops: torch.Tensor, people: torch.Tensor, num_people: int, surrogate: nn.Module,

@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup
+from ..data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup, to_float, to_uint8
 from ..data.jpeg import jpeg
 from ..errors import UnlearnableError
 from .adversarial import AdversarialStep, AWPStep
@@ -108,8 +108,7 @@ def squeeze_images(images: torch.Tensor, squeeze: Callable[[torch.Tensor], torch
     in [0, 1]) and rounded back to 8-bit levels, as writing and decoding the squeezed file would give."""
     out = torch.empty_like(images)
     for i in range(0, len(images), batch):
-        y = squeeze(images[i:i + batch].float().div(255.0))
-        out[i:i + batch] = y.mul(255.0).round().clamp(0, 255).to(torch.uint8)
+        out[i:i + batch] = to_uint8(squeeze(to_float(images[i:i + batch])))
     return out
 
 
