@@ -25,6 +25,7 @@ from PIL import Image
 
 from unlearnable.data.datasets import load_dataset
 from unlearnable.noise.minmin import MinMinConfig
+from unlearnable.noise.views import ViewConfig
 from unlearnable.protect.photos import PhotoProtectConfig
 from unlearnable.train.loop import TrainConfig
 from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--search", default="{}", help="JSON object of other search settings (MinMinConfig.for_photos "
                                                    "overrides), e.g. '{\"steps\": 20}'")
+    ap.add_argument("--view", default="{}", help="JSON object of scraper-view settings for the search (ViewConfig "
+                                                 "overrides), e.g. '{\"min_scale\": 0.85}'")
     ap.add_argument("--surrogate-start", choices=["fresh", "pretrained"], default=None,
                     help="where the search's surrogate starts (default: the product's for whole photos, pretrained)")
     ap.add_argument("--perceptual", action="store_true", help="protect with --perceptual (the JND budget)")
@@ -68,8 +71,9 @@ def main() -> None:
                                                 "(a new folder; default: a temp folder, removed)")
     args = ap.parse_args()
     overrides = json.loads(args.search)
-    if not isinstance(overrides, dict):
-        ap.error("--search takes a JSON object")
+    view = json.loads(args.view)
+    if not isinstance(overrides, dict) or not isinstance(view, dict):
+        ap.error("--search and --view take a JSON object")
     t0 = time.perf_counter()
     if args.out and Path(args.out).exists():
         ap.error(f"--out {args.out} exists: give a new folder")
@@ -83,13 +87,15 @@ def main() -> None:
             train=TrainConfig(epochs=args.epochs, seed=args.seed),
             protect=PhotoProtectConfig(search=MinMinConfig.for_photos(**{"mode": args.mode, "max_rounds": args.rounds,
                                                                          "seed": args.seed, **overrides}),
-                                       surrogate_start=args.surrogate_start, perceptual=args.perceptual,
+                                       view=ViewConfig(**view), surrogate_start=args.surrogate_start,
+                                       perceptual=args.perceptual,
                                        device=args.device, data_root=args.data_root),
             seed=args.seed, data_root=args.data_root, device=args.device)
         report = verify_photo_folder(folder.parent, Path(tmp) / "verify", cfg)
     report.pop("held_out_files", None)
     report["benchmark"] = "photo_verify"
     report["search_overrides"] = overrides
+    report["view_overrides"] = view
     report["surrogate_start"] = cfg.protect.surrogate_start
     report["perceptual"] = args.perceptual
     report["photo_set"] = (f"CIFAR-10 test images of class '{args.cls}', first {args.photos}, "
