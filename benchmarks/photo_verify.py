@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--surrogate-start", choices=["fresh", "pretrained"], default=None,
                     help="where the search's surrogate starts (default: the product's for whole photos, pretrained)")
     ap.add_argument("--perceptual", action="store_true", help="protect with --perceptual (the JND budget)")
+    ap.add_argument("--defense", default="standard", help="how both victims train (unlearnable.train.defenses), "
+                                                         "e.g. grayworld")
     ap.add_argument("--no-jpeg", action="store_true", help="scraper pipeline without the JPEG re-encode")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--device", default="auto")
@@ -84,6 +86,7 @@ def main() -> None:
         cfg = PhotoVerifyConfig(
             holdout=args.holdout, reference="cifar10", reference_per_class=args.per_class,
             exclude_classes=(args.cls,), jpeg_quality=None if args.no_jpeg else 75, arch=args.arch,
+            defense=args.defense,
             train=TrainConfig(epochs=args.epochs, seed=args.seed),
             protect=PhotoProtectConfig(search=MinMinConfig.for_photos(**{"mode": args.mode, "max_rounds": args.rounds,
                                                                          "seed": args.seed, **overrides}),

@@ -14,8 +14,8 @@ from .progress import Reporter
 def train_cmd(
     dataset: str = typer.Argument(..., help="cifar10, cifar100, fashion-mnist, svhn, an ImageFolder path, "
                                             "or a protect-dataset folder"),
-    defense: str = typer.Option("standard", "--defense", help="standard, at, awp, cas, apl, tcr, jpeg, grayscale, "
-                                "cutout, mixup or cutmix"),
+    defense: str = typer.Option("standard", "--defense", help="standard, at, awp, cas, apl, tcr, jpeg, jpeg-iss, "
+                                "grayscale, grayworld, cutout, mixup or cutmix"),
     arch: str = typer.Option("resnet18", "--arch", help="architecture (see `unlearnable models`)"),
     epochs: int = typer.Option(60, "--epochs", help="training epochs"),
     batch_size: int = typer.Option(128, "--batch-size", help="training batch size"),

@@ -20,7 +20,8 @@ def verify_cmd(
                              "(see `unlearnable models`), or a graph victim: dgc-pixels, dgc-surrogate "
                              "(a kNN graph over pixels or surrogate features, classified by DGC)"),
     defenses: str = typer.Option("standard", "--defenses", help="defenses to train through, comma-separated or "
-                                 "'all': standard,at,awp,cas,apl,tcr,jpeg,grayscale,cutout,mixup,cutmix"),
+                                 "'all': standard,at,awp,cas,apl,tcr,jpeg,jpeg-iss,grayscale,grayworld,cutout,mixup,"
+                                 "cutmix"),
     epochs: int = typer.Option(60, "--epochs", help="training epochs per victim (the paper's 60)"),
     batch_size: int = typer.Option(128, "--batch-size", help="training batch size"),
     lr: float = typer.Option(0.1, "--lr", help="learning rate of the shared recipe"),
@@ -109,6 +110,8 @@ def verify_photos_cmd(
     size: int = typer.Option(32, "--size", help="the scraper's training resolution"),
     jpeg_quality: int = typer.Option(75, "--jpeg-quality", help="the scraper's JPEG re-encode quality (0: none)"),
     eps: float = typer.Option(8.0, "--eps", help=EPS_HELP),
+    defense: str = typer.Option("standard", "--defense", help="how both victims train: a defense of `unlearnable "
+                                "verify --defenses` (e.g. grayworld: the scraper white-balances every photo)"),
     faces: bool = typer.Option(False, "--faces", help="protect the faces (protect --faces) and scrape as a face "
                                "scraper does (detect, align); --reference is then a folder of other people's "
                                "aligned faces, one subfolder per person (train/ and test/ inside, or training only)"),
@@ -139,7 +142,8 @@ def verify_photos_cmd(
                                 exclude_classes=tuple(split(exclude_class or "")), size=size,
                                 jpeg_quality=jpeg_quality or None, arch=arch,
                                 train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                                protect=protect, faces=faces, seed=seed, data_root=root, device=device)
+                                protect=protect, faces=faces, defense=defense, seed=seed, data_root=root,
+                                device=device)
         with Reporter("preparing") as on_event:
             report = verify_photo_folder(folder, out, cfg, on_event)
     table = Table(title=f"{report['held_out_clean']} held-out clean photos of {folder}: "

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from unlearnable.data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup
+from unlearnable.data.augment import cutmix, cutout, gray_world, grayscale, mixed_cross_entropy, mixup
 
 
 def _x(b=8, seed=0):
@@ -47,3 +47,29 @@ def test_mixed_cross_entropy():
     logits, a, b = torch.randn(4, 10), torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
     torch.testing.assert_close(mixed_cross_entropy(logits, a, b, 0.3),
                                0.3 * F.cross_entropy(logits, a) + 0.7 * F.cross_entropy(logits, b))
+
+
+def test_gray_world_removes_a_uniform_tint_and_keeps_its_brightness():
+    x = 0.2 + 0.6 * _x()                                   # no pixel clips under the tint below
+    tint = torch.tensor([8.0, -8.0, 8.0]).view(1, 3, 1, 1) / 255
+    torch.testing.assert_close(gray_world(x + tint), gray_world(x) + tint.mean(), atol=1e-6, rtol=0)
+    balanced = gray_world(x)
+    m = balanced.mean((2, 3))
+    torch.testing.assert_close(m, m.mean(1, keepdim=True).expand_as(m), atol=1e-6, rtol=0)
+    torch.testing.assert_close(gray_world(balanced), balanced, atol=1e-6, rtol=0)           # idempotent
+    gray = torch.rand(2, 1, 8, 8)
+    assert torch.equal(gray_world(gray), gray)
+
+
+def test_every_defense_is_named_in_the_cli_help():
+    import inspect
+
+    from unlearnable.cli.train import train_cmd
+    from unlearnable.cli.verify import verify_cmd
+    from unlearnable.train.defenses import DEFENSES
+
+    verify_help = inspect.signature(verify_cmd).parameters["defenses"].default.help
+    train_help = inspect.signature(train_cmd).parameters["defense"].default.help
+    for name in DEFENSES:
+        assert name in verify_help.replace("'", "").split(": ", 1)[1].split(","), name
+        assert name in train_help.replace(" or ", ", ").split(", "), name

@@ -109,3 +109,32 @@ def test_photo_verdict_by_hand():
     assert v["verdict"] == "broken" and v["recovered"] == pytest.approx(0.6, abs=1e-12)
     v = photo_verdict(runs(0.05, 0.15), chance=0.1)       # the unprotected victim is within 10 points of chance
     assert v["verdict"] == "no verdict" and v["recovered"] is None
+
+
+def test_verify_photos_trains_both_victims_through_the_defense(cifar_root, tmp_path, monkeypatch):
+    """--defense grayworld: every image both victims train on (reference and photos) is white-balanced
+    once, before the loop's crop and flip; an unknown defense fails before anything is written."""
+    import torch
+
+    import unlearnable.verify.photos as verify_mod
+
+    seen = []
+    real = verify_mod.train
+    monkeypatch.setattr(verify_mod, "train", lambda model, data, *a, **k: seen.append(data.images) or
+                        real(model, data, *a, **k))
+    folder = tmp_path / "me"
+    (folder / "me").mkdir(parents=True)
+    for i in range(4):   # photos with a strong cast of their own: gray-world must take it out
+        Image.new("RGB", (40, 30), (200, 60 + 10 * i, 90)).save(folder / "me" / f"p{i}.jpg")
+    args = ["verify-photos", str(folder), "--data-root", str(cifar_root), "--reference-per-class", "4",
+            "--epochs", "1", "--arch", "smallcnn", "--batch-size", "16"]
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "bad"), "--defense", "sepia"])
+    assert r.exit_code == 2 and "unknown defense" in r.output, r.output
+    assert not (tmp_path / "bad").exists() and not seen
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "v"), "--defense", "grayworld"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "v" / "verify-photos.json").read_text())["defense"] == "grayworld"
+    assert len(seen) == 2
+    for images in seen:        # channel means equal per image, up to the 8-bit rounding (and clamping)
+        m = images.float().mean((2, 3))
+        assert (m - m.mean(1, keepdim=True)).abs().max() < 1.0

@@ -8,6 +8,11 @@ Data-side defenses:
 - ``grayscale``: ITU-R BT.601 luma replicated to C channels (colour noise loses most of its
   energy; "Image shortcut squeezing", Liu et al. 2023, arXiv 2301.13838).
 - JPEG compression (quality 10 in that paper): ``unlearnable.data.jpeg.jpeg``.
+- ``gray_world``: the gray-world white balance (Buchsbaum, J. Franklin Inst. 310(1), 1980): each
+  channel shifted so that its image mean equals the mean over channels, which removes a uniform
+  colour cast exactly (its brightness part stays). The trainer's answer to noise that is, in the main,
+  a class-wide tint (measured on the photo search, README); an additive shift rather than the usual
+  gain (von Kries) because an additive tint is what it undoes.
 - ``cutout`` (DeVries & Taylor 2017, arXiv 1708.04552): one zeroed square per image, its centre
   uniform over the image (so it may be clipped at the border), side 16 px on CIFAR.
 - ``mixup`` (Zhang et al. 2018, arXiv 1710.09412): x̃ = λ x_i + (1 − λ) x_j, λ ~ Beta(α, α), α = 1.
@@ -74,6 +79,16 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
         return x
     w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True).expand_as(x).contiguous()
+
+
+def gray_world(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H, W): every channel shifted by (mean over channels − its own mean), image
+    by image, clamped to [0, 1]; so x + c (a tint c constant over the image, no pixel clipped) gives
+    the result of x plus the tint's mean over channels. 1-channel input is returned as is."""
+    if x.shape[1] == 1:
+        return x
+    m = x.mean((2, 3), keepdim=True)                                   # (B, C, 1, 1)
+    return (x + m.mean(1, keepdim=True) - m).clamp(0, 1)
 
 
 def cutout(x: torch.Tensor, size: int = 16, generator: torch.Generator | None = None) -> torch.Tensor:

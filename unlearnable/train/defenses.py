@@ -2,23 +2,26 @@
 victim uses, so ``verify --defenses`` can stress a protection with every known way of training
 through it. All of them run on the one training loop (``unlearnable.train.loop.train``).
 
-======== ================================================================================
-standard empirical risk minimisation, cross-entropy
-at       PGD adversarial training (Madry et al.), ε 8/255, step 2/255, 10 steps
-awp      AT + Adversarial Weight Perturbation (arXiv 2004.05884), γ = 1e-2 (AT-AWP's)
-cas      AT + Channel-wise Activation Suppressing (arXiv 2103.08307), β = 2, official placement;
-         its training attack and its robust readout maximise CE + β·aux CE (``step.attack_loss``)
-apl      Active Passive Loss NCE+RCE (arXiv 2006.13554), the paper's α, β for the dataset
-tcr      Temporal Calibrated Regularization (arXiv 2007.00240), β = 0.1, γ = 1.1
-jpeg     JPEG compression of every training batch, quality 10 (arXiv 2301.13838)
-jpeg-iss JPEG quality 10 on each stored training image once, before the crop and flip (ISS's own order)
+========= ================================================================================
+standard  empirical risk minimisation, cross-entropy
+at        PGD adversarial training (Madry et al.), ε 8/255, step 2/255, 10 steps
+awp       AT + Adversarial Weight Perturbation (arXiv 2004.05884), γ = 1e-2 (AT-AWP's)
+cas       AT + Channel-wise Activation Suppressing (arXiv 2103.08307), β = 2, official placement;
+          its training attack and its robust readout maximise CE + β·aux CE (``step.attack_loss``)
+apl       Active Passive Loss NCE+RCE (arXiv 2006.13554), the paper's α, β for the dataset
+tcr       Temporal Calibrated Regularization (arXiv 2007.00240), β = 0.1, γ = 1.1
+jpeg      JPEG compression of every training batch, quality 10 (arXiv 2301.13838)
+jpeg-iss  JPEG quality 10 on each stored training image once, before the crop and flip (ISS's own order)
 grayscale training on grayscale images (arXiv 2301.13838)
-cutout   one 16 × 16 hole per image (arXiv 1708.04552)
-mixup    mixup, α = 1 (arXiv 1710.09412)
-cutmix   cutmix, α = 1 (arXiv 1905.04899)
-======== ================================================================================
+grayworld gray-world white balance of each stored training image once (Buchsbaum 1980): a uniform
+          colour cast removed, as a scraper's automatic white balance would
+cutout    one 16 × 16 hole per image (arXiv 1708.04552)
+mixup     mixup, α = 1 (arXiv 1710.09412)
+cutmix    cutmix, α = 1 (arXiv 1905.04899)
+========= ================================================================================
 
-Data-side transforms run after the loop's crop + flip, on the device, in one batched op.
+Data-side transforms run after the loop's crop + flip, on the device, in one batched op; the two
+that squeeze the stored images (``jpeg-iss``, ``grayworld``: ``Defense.squeeze``) run once before it.
 
 Deviation, named: Image Shortcut Squeezing's own training transform (the official repository's
 ``augmentations.aug_train``) applies grayscale or JPEG to each stored image *before* its random crop
@@ -38,7 +41,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup, to_float, to_uint8
+from ..data.augment import cutmix, cutout, gray_world, grayscale, mixed_cross_entropy, mixup, to_float, to_uint8
 from ..data.jpeg import jpeg
 from ..errors import UnlearnableError
 from .adversarial import AdversarialStep, AWPStep
@@ -146,6 +149,8 @@ DEFENSES: dict[str, Defense] = {d.name: d for d in [
     Defense("jpeg-iss", "JPEG quality 10 on each stored image, before crop and flip (ISS's order)",
             lambda c: StandardStep(grad_clip=c.grad_clip), squeeze=lambda x: jpeg(x, 10)),
     Defense("grayscale", "grayscale images", lambda c: TransformStep(grayscale, c.grad_clip)),
+    Defense("grayworld", "gray-world white balance of each stored image (a uniform colour cast removed)",
+            lambda c: StandardStep(grad_clip=c.grad_clip), squeeze=gray_world),
     Defense("cutout", "cutout 16 px", lambda c: TransformStep(lambda x: cutout(x, 16, c.generator), c.grad_clip)),
     Defense("mixup", "mixup α = 1", lambda c: MixStep(mixup, 1.0, c.generator, c.grad_clip)),
     Defense("cutmix", "cutmix α = 1", lambda c: MixStep(cutmix, 1.0, c.generator, c.grad_clip)),

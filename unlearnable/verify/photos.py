@@ -55,6 +55,7 @@ from ..eval.summary import photo_verdict
 from ..events import Event, emitter, epoch_events
 from ..noise.views import scraper_pipeline
 from ..protect.photos import PhotoProtectConfig, protect_photos
+from ..train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses, squeeze_images
 from ..train.loop import TrainConfig, build_model, evaluate, train
 from .faces import scrape_faces
 
@@ -75,6 +76,7 @@ class PhotoVerifyConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30))
     protect: PhotoProtectConfig = field(default_factory=PhotoProtectConfig)
     faces: bool = False                     # face scraper (detect + align) and protect --faces; reference = faces
+    defense: str = "standard"               # how both victims train (``train.defenses``; e.g. grayworld, at)
     seed: int = 0
     data_root: str | None = None
     device: str = "auto"
@@ -141,6 +143,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
     emit = emitter(on_event)
     out = Path(out_dir)
     t0 = time.perf_counter()
+    defense = DEFENSES[parse_defenses([cfg.defense])[0]]      # an unknown name fails before anything is written
     # the reference data first: a missing or mismatched dataset must fail before anything is written
     ref_train = load_dataset(cfg.reference, "train", cfg.data_root, size=cfg.size)
     try:
@@ -218,9 +221,14 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         emit("model", {"key": f"victim on {name} photos", "index": i + 1, "total": 2, "reused": False})
         data = ImageTensors(torch.cat([ref_train.images, px]), torch.cat([ref_train.labels, y_photo]),
                             all_classes, f"{cfg.reference}+photos:{name}")
+        if defense.squeeze is not None:     # e.g. grayworld: each scraped image once, before the crop and flip
+            data = replace(data, images=squeeze_images(data.images, defense.squeeze))
         model = build_model(cfg.arch, len(all_classes), 3, cfg.seed, dev)
+        ctx = DefenseContext(model, len(data), len(all_classes), cfg.reference, cfg.train.epochs,
+                             cfg.train.grad_clip, cfg.train.seed, input_shape=tuple(data.images.shape[1:]),
+                             generator=torch.Generator().manual_seed(cfg.train.seed + 1))
         # the held-out photos are scored every epoch for the curves only; the figure is the last epoch's
-        hist = train(model, data, held_set, cfg.train, **epoch_events(emit))
+        hist = train(model, data, held_set, cfg.train, step=build_step(defense.name, ctx), **epoch_events(emit))
         runs.append({
             "trained_on": name,
             "heldout_accuracy": hist[-1].test_acc,
@@ -239,7 +247,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
                     "reference_reencoded": cfg.jpeg_quality is not None,
                     **({"faces": "MTCNN, most confident face, aligned to 112x112", "no_face_photos": no_face}
                        if cfg.faces else {})},
-        "victim": cfg.arch, "train": asdict(cfg.train), "device": str(dev),
+        "victim": cfg.arch, "defense": defense.name, "train": asdict(cfg.train), "device": str(dev),
         "protection": {"eps_255": manifest["eps_255"], "mean_psnr": manifest["summary"]["mean_psnr"],
                        "mean_ssim": manifest["summary"]["mean_ssim"],
                        **({k: manifest["summary"][k] for k in ("faces", "small_faces", "no_face", "mean_face_psnr",
