@@ -147,6 +147,7 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed
         run = dict(run)
         reference, eps = run.pop("reference", "shipped"), run.pop("eps", 8)
         start = run.pop("surrogate_start", None)
+        defense = run.pop("defense", "standard")
         t0 = time.perf_counter()
         protect = PhotoProtectConfig(search=search_config(faces_mode, eps=eps / 255, seed=seed, **run),
                                      faces=faces_mode, device=device, surrogate_start=start,
@@ -154,14 +155,15 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
                                  arch=cfg["arch"], train=TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                                                      lr=cfg["lr"], seed=seed),
-                                 protect=protect, faces=True, seed=seed, device=device)
+                                 protect=protect, faces=True, defense=defense, seed=seed, device=device)
         slug = "-".join([reference, f"eps{eps}"] + [f"{k}{v}" for k, v in sorted(run.items())]
-                        + ([f"start-{start}"] if start else []))
+                        + ([f"start-{start}"] if start else []) + ([defense] if defense != "standard" else []))
         rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-{slug}", vcfg)
         runs = {r["trained_on"]: r for r in rep["runs"]}
         results.append({
             "protection_mode": "protect --faces" if faces_mode else "protect (whole photo, the default)",
             "eps_255": eps, "search_overrides": run, "surrogate_start": protect.surrogate_start,
+            "victim_defense": defense,
             "search_reference": {"faces": f"--reference: {len(os.listdir(search_ref))} other people's aligned faces "
                                           "(not among the scraper's identities)",
                                  "shipped": "the shipped non-face bank (the default)"}[reference],
@@ -218,7 +220,8 @@ def main() -> None:
     ap.add_argument("--raw-others", action="store_true", help="the earlier protocol: the scraper's other "
                     "identities as the sample's aligned crops, not placed into photos and scraped")
     ap.add_argument("--runs", type=json.loads, default=None, help="JSON list of effect runs (default: RUNS), e.g. "
-                    '\'[{"reference": "shipped", "eps": 8, "structure": "lowpass-4"}]\'')
+                    '\'[{"reference": "shipped", "eps": 8, "structure": "lowpass-4"}]\'; "defense": how both victims '
+                    'train (unlearnable.train.defenses, e.g. "grayworld"; default standard)')
     args = ap.parse_args()
     if not GLINT.is_dir():
         sys.exit(f"needs {GLINT} (../shared/data/faces-glint-sample)")
