@@ -60,6 +60,44 @@ def test_scraper_view_shapes_range_and_gradient():
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
 
 
+def test_white_balanced_views_see_no_colour_cast_and_pass_gradients():
+    """white_balance = 1: a class-wide tint reaches the view only as its brightness (the gray-world
+    white balance takes out the rest), the view stays differentiable; 0 (default): the tint is seen, and
+    the view draws nothing more from the generator than before the option existed."""
+    z = 0.2 + 0.6 * torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    tint = torch.tensor([8.0, -8.0, 8.0]).view(1, 3, 1, 1) / 255
+    cfg = ViewConfig(out_size=32, jpeg_prob=0.0, white_balance=1.0)
+
+    def view(x, c=cfg, seed=0):
+        return scraper_view(x, c, torch.Generator().manual_seed(seed))
+
+    torch.testing.assert_close(view(z + tint), view(z + tint.mean()), atol=1e-5, rtol=0)
+    plain = ViewConfig(out_size=32, jpeg_prob=0.0)
+    assert (view(z + tint, plain) - view(z + tint.mean(), plain)).abs().max() > 4 / 255
+    g = torch.Generator().manual_seed(0)
+    scraper_view(z, plain, g)
+    assert torch.equal(g.get_state(), _draws_of_the_plain_view(z.shape[0]))
+    zz = z.clone().requires_grad_(True)
+    view(zz).sum().backward()
+    assert torch.isfinite(zz.grad).all() and zz.grad.abs().sum() > 0
+
+
+def _draws_of_the_plain_view(b: int) -> torch.Tensor:
+    """The generator state after the draws of a view without JPEG and without white balance: four
+    uniform (b,) draws (side, aspect, x and y shift) and one for the flip."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        torch.rand(b, generator=g)
+    return g.get_state()
+
+
+def test_white_balanced_views_change_a_photo_run_s_settings_only_when_on():
+    from unlearnable.protect.photos import PhotoProtectConfig
+
+    assert "white_balance" not in PhotoProtectConfig().fingerprint()["view"]
+    assert PhotoProtectConfig(view=ViewConfig(white_balance=0.5)).fingerprint()["view"]["white_balance"] == 0.5
+
+
 def test_scraper_pipeline_resizes_and_recompresses():
     rgb = np.random.default_rng(0).integers(0, 256, (300, 451, 3), dtype=np.uint8)
     small = scraper_pipeline(rgb, 32, 75)

@@ -114,8 +114,6 @@ def test_photo_verdict_by_hand():
 def test_verify_photos_trains_both_victims_through_the_defense(cifar_root, tmp_path, monkeypatch):
     """--defense grayworld: every image both victims train on (reference and photos) is white-balanced
     once, before the loop's crop and flip; an unknown defense fails before anything is written."""
-    import torch
-
     import unlearnable.verify.photos as verify_mod
 
     seen = []

@@ -5,6 +5,10 @@
   filter, a random resized crop (scale and aspect jitter, shift) and horizontal flip done with one
   ``affine_grid``/``grid_sample``, then a simulated JPEG re-encode at a random quality. Minimising
   the loss over random views makes the noise survive the real pipeline rather than one fixed view.
+  Optionally (``white_balance``, off by default) a share of the views is first white-balanced by
+  gray world (``data.augment.gray_world``, the ``grayworld`` defense): noise searched through them
+  cannot rest on a class-wide colour cast, which a scraper's automatic white balance takes out
+  (measured on the photo search, README "What the photo noise is").
 - ``FACE_VIEW``: the same view with the mild jitter of a face scraper's re-alignment.
 - ``scraper_pipeline``: the non-differentiable pipeline that verification applies to whole photo
   files: squash-resize with antialiasing to training size, then a real JPEG re-encode (Pillow).
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.augment import gray_world
 from ..data.jpeg import jpeg
 
 
@@ -32,6 +37,7 @@ class ViewConfig:
     flip: bool = True
     jpeg_prob: float = 0.5        # share of views re-encoded as JPEG
     jpeg_quality: tuple[int, int] = (50, 95)
+    white_balance: float = 0.0    # share of views gray-world white-balanced first (0: off, no random draw)
 
 
 # A face scraper re-detects and re-aligns every face to the same template, so the crop it trains on is
@@ -47,6 +53,9 @@ def scraper_view(z: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | 
     if factor > 1:  # antialiasing: box-filter down to training size before resampling
         z = F.avg_pool2d(z, factor)
     dev = z.device
+    if cfg.white_balance > 0:   # the scraper's white balance of the stored image, before its crop
+        use = (torch.rand(b, generator=generator) < cfg.white_balance).to(dev)
+        z = torch.where(use[:, None, None, None], gray_world(z), z)
 
     def u(lo: float, hi: float) -> torch.Tensor:
         return (lo + (hi - lo) * torch.rand(b, generator=generator)).to(dev)

@@ -181,6 +181,8 @@ class PhotoProtectConfig:
                 s.pop(k)
         if self.surrogate_start == "pretrained":  # settings of pretrained runs stay what they were before
             s.pop("surrogate_start")
+        if not self.view.white_balance:  # settings without white-balanced views stay what they were before them
+            s["view"].pop("white_balance")
         if self.perceptual:
             s["perceptual"] = perceptual_settings()
         else:  # settings without the perceptual budget stay what they were before it existed
