@@ -147,7 +147,8 @@ def verify_photos_cmd(
         with Reporter("preparing") as on_event:
             report = verify_photo_folder(folder, out, cfg, on_event)
     table = Table(title=f"{report['held_out_clean']} held-out clean photos of {folder}: "
-                        f"share recognised as their own class (chance {report['chance_heldout_accuracy']:.1%})")
+                        f"share recognised as their own class (chance {report['chance_heldout_accuracy']:.1%})"
+                        + ("" if defense == "standard" else f"; both victims trained through {report['defense']}"))
     for col in ("victim trained on", "held-out accuracy", "photo train acc", f"{reference} test acc"):
         table.add_column(col)
     for r in report["runs"]:

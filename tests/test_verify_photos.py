@@ -132,6 +132,7 @@ def test_verify_photos_trains_both_victims_through_the_defense(cifar_root, tmp_p
     r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "v"), "--defense", "grayworld"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "v" / "verify-photos.json").read_text())["defense"] == "grayworld"
+    assert "trained through the defense grayworld (gray-world" in (tmp_path / "v" / "report.html").read_text()
     assert len(seen) == 2
     for images in seen:        # channel means equal per image, up to the 8-bit rounding (and clamping)
         m = images.float().mean((2, 3))

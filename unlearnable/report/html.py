@@ -343,6 +343,15 @@ def write_report(out_dir: str | os.PathLike) -> Path:
     return _write_text_atomic(out / "report.html", render_report(report, assets))
 
 
+def _defense_note(report: dict) -> str:
+    """', both trained through the defense NAME (summary)' for a photo report whose victims used one
+    (reports without the key: standard training)."""
+    name = report.get("defense", "standard")
+    if name == "standard":
+        return ""
+    return f", both trained through the defense {html.escape(name)} ({html.escape(report['defense_summary'])})"
+
+
 def render_photo_report(report: dict, examples: dict) -> str:
     """The HTML text of a photo-folder verification (``verify-photos.json`` plus example images:
     ``clean``/``protected`` uint8 (N, 3, H, W) as the scraper saw them, and their file ``names``)."""
@@ -359,7 +368,8 @@ def render_photo_report(report: dict, examples: dict) -> str:
            f"clean. Reference: {esc(report['reference'])}, {report['reference_train_images']} training images of "
            f"{len(report['reference_classes'])} classes. Scraper: resize to {report['scraper']['size']} px, JPEG "
            f"quality {report['scraper']['jpeg_quality']}, {esc(report['scraper']['augment'])}. Victim "
-           f"{esc(report['victim'])}, {report['train']['epochs']} epochs, lr {report['train']['lr']}. Protection: "
+           f"{esc(report['victim'])}, {report['train']['epochs']} epochs, lr {report['train']['lr']}"
+           f"{_defense_note(report)}. Protection: "
            f"ε = {report['protection']['eps_255']:.3g}/255. Held-out accuracy: the share of held-out photos put in "
            f"their own class, after the last epoch (chance {100 * chance:.1f}%).</p>",
            "<h2>Held-out photos recognised</h2><table id='runs'><thead><tr><th class='l'>victim trained on</th>"

@@ -35,7 +35,7 @@ trains on them with the usual crop and flip; only the figures that name it were 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -113,6 +113,13 @@ def squeeze_images(images: torch.Tensor, squeeze: Callable[[torch.Tensor], torch
     for i in range(0, len(images), batch):
         out[i:i + batch] = to_uint8(squeeze(to_float(images[i:i + batch])))
     return out
+
+
+def squeezed(data, name: str):
+    """``data`` (an ``ImageTensors``) as defense ``name`` stores it: its images through the defense's
+    ``squeeze`` (``jpeg-iss``, ``grayworld``) once, before any crop or flip; unchanged for the others."""
+    squeeze = DEFENSES[parse_defenses([name])[0]].squeeze
+    return data if squeeze is None else replace(data, images=squeeze_images(data.images, squeeze))
 
 
 def _at(c: DefenseContext) -> StepFn:

@@ -58,7 +58,7 @@ from ..eval.patterns import PatternConfig, classwise_patterns, noise_predictive_
 from ..eval.robust import robust_accuracy
 from ..eval.summary import summarize_matrix, summarize_run, verdict_text
 from ..events import Event, emitter, epoch_events
-from ..train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses, squeeze_images
+from ..train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses, squeezed
 from ..train.loop import EpochRecord, TrainConfig, build_model, prepare_batch, train
 
 REPORT_JSON = "report.json"
@@ -301,9 +301,7 @@ def run_cell(arch: str, defense: str, data_name: str, train_set: ImageTensors, t
     if arch in GRAPH_VICTIMS:
         return run_graph_cell(arch, defense, data_name, train_set, test_set, cfg, device)
     tc = defense_train_config(cfg, defense)
-    squeeze = getattr(DEFENSES.get(defense), "squeeze", None)
-    if squeeze is not None:        # a defense that squeezes the stored images once, before the crop (jpeg-iss)
-        train_set = replace(train_set, images=squeeze_images(train_set.images, squeeze))
+    train_set = squeezed(train_set, defense)   # jpeg-iss, grayworld: the stored images once, before the crop
     model = build_model(arch, train_set.num_classes, train_set.images.shape[1], tc.seed, device)
     ctx = DefenseContext(model, len(train_set), train_set.num_classes, dataset, tc.epochs, tc.grad_clip, tc.seed,
                          cfg.at_eps, cfg.at_steps, cfg.at_alpha, cfg.tcr_warmup_epochs,

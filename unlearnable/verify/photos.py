@@ -55,7 +55,7 @@ from ..eval.summary import photo_verdict
 from ..events import Event, emitter, epoch_events
 from ..noise.views import scraper_pipeline
 from ..protect.photos import PhotoProtectConfig, protect_photos
-from ..train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses, squeeze_images
+from ..train.defenses import DEFENSES, DefenseContext, build_step, parse_defenses, squeezed
 from ..train.loop import TrainConfig, build_model, evaluate, train
 from .faces import scrape_faces
 
@@ -221,8 +221,7 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
         emit("model", {"key": f"victim on {name} photos", "index": i + 1, "total": 2, "reused": False})
         data = ImageTensors(torch.cat([ref_train.images, px]), torch.cat([ref_train.labels, y_photo]),
                             all_classes, f"{cfg.reference}+photos:{name}")
-        if defense.squeeze is not None:     # e.g. grayworld: each scraped image once, before the crop and flip
-            data = replace(data, images=squeeze_images(data.images, defense.squeeze))
+        data = squeezed(data, defense.name)     # e.g. grayworld: each scraped image once, before the crop and flip
         model = build_model(cfg.arch, len(all_classes), 3, cfg.seed, dev)
         ctx = DefenseContext(model, len(data), len(all_classes), cfg.reference, cfg.train.epochs,
                              cfg.train.grad_clip, cfg.train.seed, input_shape=tuple(data.images.shape[1:]),
@@ -247,7 +246,8 @@ def verify_photo_folder(folder: str | os.PathLike, out_dir: str | os.PathLike,
                     "reference_reencoded": cfg.jpeg_quality is not None,
                     **({"faces": "MTCNN, most confident face, aligned to 112x112", "no_face_photos": no_face}
                        if cfg.faces else {})},
-        "victim": cfg.arch, "defense": defense.name, "train": asdict(cfg.train), "device": str(dev),
+        "victim": cfg.arch, "defense": defense.name, "defense_summary": defense.summary, "train": asdict(cfg.train),
+        "device": str(dev),
         "protection": {"eps_255": manifest["eps_255"], "mean_psnr": manifest["summary"]["mean_psnr"],
                        "mean_ssim": manifest["summary"]["mean_ssim"],
                        **({k: manifest["summary"][k] for k in ("faces", "small_faces", "no_face", "mean_face_psnr",
