@@ -91,11 +91,31 @@ def _draws_of_the_plain_view(b: int) -> torch.Tensor:
     return g.get_state()
 
 
-def test_white_balanced_views_change_a_photo_run_s_settings_only_when_on():
+def test_whole_photos_search_through_white_balanced_views_by_default_and_faces_do_not(tmp_path, monkeypatch):
+    """The photo default (PHOTO_VIEW) white-balances every view; a run without it keeps its settings as
+    they were before the option; faces keep their own views; the CLI's --no-white-balance gives the plain
+    views (whole photos only)."""
+    from typer.testing import CliRunner
+
+    import unlearnable.protect.photos as protect_mod
+    from unlearnable.cli.main import app
+    from unlearnable.noise.views import FACE_VIEW, PHOTO_VIEW
     from unlearnable.protect.photos import PhotoProtectConfig
 
-    assert "white_balance" not in PhotoProtectConfig().fingerprint()["view"]
-    assert PhotoProtectConfig(view=ViewConfig(white_balance=0.5)).fingerprint()["view"]["white_balance"] == 0.5
+    assert PhotoProtectConfig().view == PHOTO_VIEW and PHOTO_VIEW.white_balance == 1.0
+    assert PhotoProtectConfig().fingerprint()["view"]["white_balance"] == 1.0
+    assert "white_balance" not in PhotoProtectConfig(view=ViewConfig()).fingerprint()["view"]
+    assert PhotoProtectConfig(faces=True).view == FACE_VIEW and FACE_VIEW.white_balance == 0
+    seen = []
+    monkeypatch.setattr(protect_mod, "protect_photos", lambda inputs, out, cfg, on_event=None: seen.append(cfg) or
+                        {"images": [], "summary": {}, "errors": []})
+    (tmp_path / "in").mkdir()
+    for flag in ([], ["--no-white-balance"]):
+        CliRunner().invoke(app, ["protect", str(tmp_path / "in"), "-o", str(tmp_path / "o"), *flag])
+    assert [c.view.white_balance for c in seen] == [1.0, 0.0]
+    r = CliRunner().invoke(app, ["protect", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--faces",
+                                "--no-white-balance"])
+    assert r.exit_code == 2 and "face views are never white-balanced" in " ".join(r.output.split())
 
 
 def test_scraper_pipeline_resizes_and_recompresses():

@@ -45,7 +45,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -74,7 +74,7 @@ from ..noise.minmin import MinMinConfig
 from ..noise.perceptual import noise_shaper, perceptual_photo_noise, preview_masks, settings as perceptual_settings
 from ..noise.problems import photo_noise
 from ..noise.upsample import EPS_TOLERANCE, apply_noise
-from ..noise.views import FACE_VIEW, ViewConfig
+from ..noise.views import FACE_VIEW, PHOTO_VIEW, ViewConfig
 from ..train.surrogate import DEFAULT_NAME, fresh_surrogate, load_reference, load_surrogate
 
 NO_FACE_RULES = ("skip", "whole")
@@ -114,7 +114,7 @@ class PhotoProtectConfig:
     """What ``unlearnable protect`` does; ε in [0, 1] pixel units (the CLI's 8 means 8/255)."""
 
     search: MinMinConfig = field(default_factory=MinMinConfig.for_photos)
-    view: ViewConfig = field(default_factory=ViewConfig)    # the scraper views the search takes its steps through
+    view: ViewConfig = field(default_factory=lambda: replace(PHOTO_VIEW))  # the search's scraper views (views.py)
     reference_batch: int = 64       # clean reference images per surrogate step
     photo_batch: int = 32           # perturbed photos per surrogate step (drawn with replacement)
     work_size: int = 64             # photos are searched squashed to work_size x work_size
@@ -158,7 +158,7 @@ class PhotoProtectConfig:
         if self.face_weights and self.surrogate_start == "fresh":
             bad.append("--face-weights gives a pretrained surrogate; --surrogate-start fresh would discard its "
                        "weights")
-        if self.faces and self.view == ViewConfig():  # the photo views are the default: take the face views
+        if self.faces and self.view == PHOTO_VIEW:  # the photo views are the default: take the face views
             self.view = FACE_VIEW
         if self.faces and self.search == MinMinConfig.for_photos():  # likewise the face schedule (face_config)
             self.search = face_config()
