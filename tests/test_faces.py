@@ -231,3 +231,44 @@ def test_paste_back_refuses_noise_over_budget():
     far = similarity(0.0, 1.0, 5000.0, 5000.0)[None]               # a crop entirely outside the photo
     back, weight = paste_back(torch.full((1, 3, CROP_SIZE, CROP_SIZE), EPS), far, 50, 60)
     assert back.abs().max() == 0 and weight.max() == 0
+
+
+def test_every_detecting_thread_runs_mtcnn_on_one_thread():
+    """Two photos detected at once (protect's two workers): the second thread, which has used torch
+    before, must run on one intra-op thread too, not on the count it set up earlier; otherwise its
+    landmarks, crops and the face search change from run to run. The count comes back afterwards."""
+    import threading
+
+    from unlearnable.faces.detect import _one_thread
+
+    if torch.get_num_threads() < 2:
+        torch.set_num_threads(2)                          # a count to come back to (restored at the end)
+    start, ready, inside, release, seen = torch.get_num_threads(), threading.Event(), threading.Event(), \
+        threading.Event(), {}
+    cpu = torch.device("cpu")
+
+    def first():
+        ready.wait()
+        with _one_thread(cpu):
+            seen["first"] = torch.get_num_threads()
+            inside.set()
+            release.wait()
+
+    def second():
+        torch.set_num_threads(2)                          # this thread's own count, set up before detecting
+        assert torch.get_num_threads() == 2               # (and read: torch sets a thread's count up lazily)
+        ready.set()
+        inside.wait()
+        with _one_thread(cpu):
+            seen["second"] = torch.get_num_threads()
+        seen["second after"] = torch.get_num_threads()
+        release.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"first": 1, "second": 1, "second after": 2}
+    assert torch.get_num_threads() == start
+    torch.set_num_threads(start)

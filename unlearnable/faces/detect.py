@@ -27,8 +27,9 @@ Deliberate choices (deviations from calling ``MTCNN.detect`` on a list):
   then ``min_face_size`` · s full-size pixels (s = long side / N), which is reported by the callers.
 - On the CPU the nets run on one thread (``_one_thread``), whatever torch's setting: MTCNN is many
   small ops, for which intra-op threads only add synchronisation; measured on this project's 2-core
-  machine under load, one 960 × 720 photo took 1.9 s on one thread and 14.7 s on two. The setting is
-  restored when the last concurrent detection ends. One MTCNN per (device, settings) is built once.
+  machine under load, one 960 × 720 photo took 1.9 s on one thread and 14.7 s on two. Every detecting
+  thread sets it for itself (the count is per thread), and it is restored when the last concurrent
+  detection ends. One MTCNN per (device, settings) is built once.
 - Runs on the CPU unless a device is given; no gradients. On one device and for one grouping of the
   inputs the result is deterministic (the same call twice gives identical floats); a different batch
   composition may change the last bits of the convolutions.
@@ -123,22 +124,26 @@ _threads_state = {"users": 0, "saved": 1}
 
 @contextmanager
 def _one_thread(device: torch.device) -> Iterator[None]:
-    """torch on one intra-op thread while any detection runs on the CPU (restored by the last to leave)."""
+    """torch on one intra-op thread in every thread that detects on the CPU; the last to leave restores the
+    count the first found. Every detecting thread sets its own: once a thread has used torch its count
+    is its own (OpenMP), so a second thread that relied on the first one's setting ran MTCNN on two
+    threads, and its landmarks, the aligned crops and the face search changed from run to run (measured:
+    13, 9 and 10 rounds for one seed; fixed 2026-11-30)."""
     if device.type != "cpu":
         yield
         return
+    before = torch.get_num_threads()
     with _threads_lock:
         if _threads_state["users"] == 0:
-            _threads_state["saved"] = torch.get_num_threads()
-            torch.set_num_threads(1)
+            _threads_state["saved"] = before
         _threads_state["users"] += 1
+    torch.set_num_threads(1)
     try:
         yield
     finally:
         with _threads_lock:
             _threads_state["users"] -= 1
-            if _threads_state["users"] == 0:
-                torch.set_num_threads(_threads_state["saved"])
+            torch.set_num_threads(_threads_state["saved"] if _threads_state["users"] == 0 else before)
 
 
 def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
