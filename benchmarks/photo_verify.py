@@ -11,6 +11,7 @@ class, through the scraper pipeline (resize to 32, JPEG q75, crop + flip). Print
 photos and the HTML report (``DIR/verify/report.html``), otherwise they go with a temp folder.
 
     python benchmarks/photo_verify.py [--cls automobile] [--photos 400] [--epochs 20] [--arch resnet18-narrow]
+        [--view '{"white_balance": 0}'] [--defense grayworld]
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
 from unlearnable.data.datasets import load_dataset
 from unlearnable.noise.minmin import MinMinConfig
-from unlearnable.noise.views import ViewConfig
+from unlearnable.noise.views import PHOTO_VIEW
 from unlearnable.protect.photos import PhotoProtectConfig
 from unlearnable.train.loop import TrainConfig
 from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
@@ -58,8 +60,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--search", default="{}", help="JSON object of other search settings (MinMinConfig.for_photos "
                                                    "overrides), e.g. '{\"steps\": 20}'")
-    ap.add_argument("--view", default="{}", help="JSON object of scraper-view settings for the search (ViewConfig "
-                                                 "overrides), e.g. '{\"min_scale\": 0.85}'")
+    ap.add_argument("--view", default="{}", help="JSON object of scraper-view settings for the search, overriding "
+                                                 "the product's (noise.views.PHOTO_VIEW), e.g. '{\"white_balance\": 0}' "
+                                                 "for the plain views of runs before 2026-11-30")
     ap.add_argument("--surrogate-start", choices=["fresh", "pretrained"], default=None,
                     help="where the search's surrogate starts (default: the product's for whole photos, pretrained)")
     ap.add_argument("--perceptual", action="store_true", help="protect with --perceptual (the JND budget)")
@@ -90,7 +93,7 @@ def main() -> None:
             train=TrainConfig(epochs=args.epochs, seed=args.seed),
             protect=PhotoProtectConfig(search=MinMinConfig.for_photos(**{"mode": args.mode, "max_rounds": args.rounds,
                                                                          "seed": args.seed, **overrides}),
-                                       view=ViewConfig(**view), surrogate_start=args.surrogate_start,
+                                       view=replace(PHOTO_VIEW, **view), surrogate_start=args.surrogate_start,
                                        perceptual=args.perceptual,
                                        device=args.device, data_root=args.data_root),
             seed=args.seed, data_root=args.data_root, device=args.device)
