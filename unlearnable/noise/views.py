@@ -5,11 +5,12 @@
   filter, a random resized crop (scale and aspect jitter, shift) and horizontal flip done with one
   ``affine_grid``/``grid_sample``, then a simulated JPEG re-encode at a random quality. Minimising
   the loss over random views makes the noise survive the real pipeline rather than one fixed view.
-  Optionally (``white_balance``, off by default) a share of the views is first white-balanced by
-  gray world (``data.augment.gray_world``, the ``grayworld`` defense): noise searched through them
-  cannot rest on a class-wide colour cast, which a scraper's automatic white balance takes out
-  (measured on the photo search, README "What the photo noise is").
-- ``FACE_VIEW``: the same view with the mild jitter of a face scraper's re-alignment.
+  ``white_balance`` (off in ``ViewConfig()``) white-balances a share of the views first by gray
+  world (``data.augment.gray_world``, the ``grayworld`` defense): noise searched through them cannot
+  rest on a class-wide colour cast, which a scraper's automatic white balance takes out (measured on
+  the photo search, README "What the photo noise is").
+- ``PHOTO_VIEW``: the whole-photo search's views, every one white-balanced (``protect``'s default).
+- ``FACE_VIEW``: the same view with the mild jitter of a face scraper's re-alignment (not white-balanced).
 - ``scraper_pipeline``: the non-differentiable pipeline that verification applies to whole photo
   files: squash-resize with antialiasing to training size, then a real JPEG re-encode (Pillow).
 """
