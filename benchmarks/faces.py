@@ -44,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,7 @@ def build_folders(cfg: dict, work: Path, seed: int = 0) -> tuple[Path, Path, Pat
 
 
 def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed: int = 0) -> list[dict]:
+    from unlearnable.noise.views import FACE_VIEW, PHOTO_VIEW
     from unlearnable.protect.photos import PhotoProtectConfig, search_config
     from unlearnable.train.loop import TrainConfig
     from unlearnable.verify.photos import PhotoVerifyConfig, verify_photo_folder
@@ -148,8 +150,10 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed
         reference, eps = run.pop("reference", "shipped"), run.pop("eps", 8)
         start = run.pop("surrogate_start", None)
         defense = run.pop("defense", "standard")
+        view = run.pop("view", {})   # overrides of the product's search views (faces: FACE_VIEW)
         t0 = time.perf_counter()
         protect = PhotoProtectConfig(search=search_config(faces_mode, eps=eps / 255, seed=seed, **run),
+                                     view=replace(FACE_VIEW if faces_mode else PHOTO_VIEW, **view),
                                      faces=faces_mode, device=device, surrogate_start=start,
                                      reference=str(search_ref) if reference == "faces" else None)
         vcfg = PhotoVerifyConfig(holdout=0.2, reference=str(ref), reference_per_class=10_000, size=cfg["size"],
@@ -157,12 +161,13 @@ def run_effect(cfg: dict, work: Path, device: str, faces_mode: bool = True, seed
                                                                      lr=cfg["lr"], seed=seed),
                                  protect=protect, faces=True, defense=defense, seed=seed, device=device)
         slug = "-".join([reference, f"eps{eps}"] + [f"{k}{v}" for k, v in sorted(run.items())]
-                        + ([f"start-{start}"] if start else []) + ([defense] if defense != "standard" else []))
+                        + ([f"start-{start}"] if start else []) + ([defense] if defense != "standard" else [])
+                        + [f"view-{k}{v}" for k, v in sorted(view.items())])
         rep = verify_photo_folder(photos, work / f"verify-{'faces' if faces_mode else 'whole'}-{slug}", vcfg)
         runs = {r["trained_on"]: r for r in rep["runs"]}
         results.append({
             "protection_mode": "protect --faces" if faces_mode else "protect (whole photo, the default)",
-            "eps_255": eps, "search_overrides": run, "surrogate_start": protect.surrogate_start,
+            "eps_255": eps, "search_overrides": run, "view_overrides": view, "surrogate_start": protect.surrogate_start,
             "victim_defense": defense,
             "search_reference": {"faces": f"--reference: {len(os.listdir(search_ref))} other people's aligned faces "
                                           "(not among the scraper's identities)",
@@ -221,7 +226,8 @@ def main() -> None:
                     "identities as the sample's aligned crops, not placed into photos and scraped")
     ap.add_argument("--runs", type=json.loads, default=None, help="JSON list of effect runs (default: RUNS), e.g. "
                     '\'[{"reference": "shipped", "eps": 8, "structure": "lowpass-4"}]\'; "defense": how both victims '
-                    'train (unlearnable.train.defenses, e.g. "grayworld"; default standard)')
+                    'train (unlearnable.train.defenses, e.g. "grayworld"; default standard); "view": overrides of the '
+                    'search views (noise.views.FACE_VIEW, PHOTO_VIEW for whole), e.g. {"white_balance": 1.0}')
     args = ap.parse_args()
     if not GLINT.is_dir():
         sys.exit(f"needs {GLINT} (../shared/data/faces-glint-sample)")
