@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from conftest import pre_option_fingerprint, synthetic_images
 from PIL import Image
 
-from unlearnable.data.augment import cutmix, cutout, grayscale, mixed_cross_entropy, mixup, random_crop_flip
+from unlearnable.data.augment import (cutmix, cutout, gray_world, grayscale, mixed_cross_entropy, mixup,
+                                      random_crop_flip)
 from unlearnable.data.datasets import ImageTensors, balanced_subset, load_dataset, resolve_data_root
 from unlearnable.data.jpeg import jpeg
 from unlearnable.errors import UnlearnableError
@@ -23,7 +24,8 @@ from unlearnable.noise.defense_views import DefenseView, DefenseViewConfig, pars
 from unlearnable.noise.minmin import MinMinConfig, _fingerprint, error_minimizing_noise, minmin
 from unlearnable.noise.problems import DatasetProblem
 from unlearnable.noise.robust import RobustSettings
-from unlearnable.noise.structure import lowpass, luminance, parse_structure, structure_projection, tile
+from unlearnable.noise.structure import (balanced, colour_cast, lowpass, luminance, parse_structure,
+                                         structure_projection, tile)
 from unlearnable.train.loop import TrainConfig, build_model, train
 
 EPS = 8 / 255
@@ -196,11 +198,47 @@ def test_tile_is_a_periodic_texture_and_an_orthogonal_projection():
     assert torch.allclose(tile(periodic, 8), periodic, atol=1e-7)
 
 
+def test_balanced_takes_out_the_cast_inside_the_ball_and_keeps_the_gray_mean():
+    g = torch.Generator().manual_seed(0)
+    cast = torch.tensor([0.6, -0.4, 0.2]).view(1, 3, 1, 1) * EPS
+    d = ((torch.rand(6, 3, 18, 18, generator=g) * 2 - 1) * EPS + cast).clamp(-EPS, EPS)
+    signs = torch.sign(torch.randn(6, 3, 18, 18, generator=g)) * EPS          # a sign step's ±ε noise
+    for x in (d, signs):
+        assert float(colour_cast(x).abs().max()) > 0.3 / 255
+        b = balanced(x, EPS)
+        assert float(colour_cast(b).abs().max()) < 1e-5 / 255              # no cast left, to the bisection's tolerance
+        assert float(b.abs().max()) <= EPS + 1e-7                          # inside the ball
+        assert torch.allclose(b.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=1e-7)   # a brightness change is kept
+        assert torch.allclose(balanced(b, EPS), b, atol=1e-6)              # idempotent
+    lum = luminance(d)
+    assert torch.allclose(balanced(lum, EPS), lum, atol=1e-7)               # luminance noise has no cast
+    assert torch.allclose(structure_projection("luminance+balanced", EPS)(d), lum, atol=1e-7)
+    lin = balanced(d)                                                       # the gradient's (linear) projection
+    assert torch.allclose(balanced(lin), lin, atol=1e-8) and float(colour_cast(lin).abs().max()) < 1e-8
+    z = _z(6, 18) * 0.8 + 0.1                                               # away from the pixel range's ends
+    assert torch.allclose(gray_world(z + d), gray_world(z + lin), atol=1e-6)   # what gray world never sees
+    tiled = structure_projection("tile-8+balanced", EPS)(d)                  # the offset and clip keep the texture
+    assert torch.allclose(tiled[..., :8, :8], tiled[..., 8:16, 8:16]) and float(colour_cast(tiled).abs().max()) < 1e-7
+
+
+def test_balanced_search_writes_no_cast():
+    data = _data(saturate=False)
+    model = build_model("smallcnn", 4, 3, 0, torch.device("cpu"))
+    plain = error_minimizing_noise(model, data, _cfg("classwise")).delta
+    d = error_minimizing_noise(build_model("smallcnn", 4, 3, 0, torch.device("cpu")), data,
+                               _cfg("classwise", structure="balanced")).delta
+    assert float(colour_cast(plain).abs().max()) > 0.1 / 255                  # sign steps leave a cast
+    assert float(colour_cast(d).abs().max()) < 1e-4 / 255
+    assert float(d.abs().max()) <= EPS + 1e-6 and float(d.abs().mean()) > 0.5 / 255
+
+
 def test_structure_spec_is_canonical_and_validated():
     assert parse_structure("lowpass+luminance") == "luminance+lowpass-4"
+    assert parse_structure("balanced+tile+luminance") == "luminance+tile-8+balanced"
     assert MinMinConfig(structure="Lowpass-8").structure == "lowpass-8"
     assert parse_structure("lowpass-2+tile+luminance") == "luminance+tile-8+lowpass-2"
-    for bad in ("blur", "lowpass-1", "luminance+luminance", "", "tile-1", "tile-8+lowpass-3", "tile+tile-4"):
+    for bad in ("blur", "lowpass-1", "luminance+luminance", "", "tile-1", "tile-8+lowpass-3", "tile+tile-4",
+                "balanced+balanced"):
         with pytest.raises(UnlearnableError):
             MinMinConfig(structure=bad)
 

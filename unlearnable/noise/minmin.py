@@ -85,7 +85,8 @@ that worst case. Same rounds, same sample-wise / class-wise rules; needs the ide
 Option, off by default (``structure=None``: not an op, not a draw more): ``MinMinConfig.structure``
 ('luminance', 'lowpass', 'luminance+lowpass', ...) projects every stepped δ by a linear projection P
 that keeps the ε-ball (the noise in luminance only, or block-constant), then back onto the pixel
-range: noise that grayscale and JPEG keep (``unlearnable.noise.structure``).
+range: noise that grayscale and JPEG keep (``unlearnable.noise.structure``); 'balanced' takes out the
+colour cast that gray-world white balance would (not linear: an offset per channel, then the clip).
 """
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ class MinMinConfig:
     stop_loss: float | None = None      # also require the stop test's mean loss to be at most this
     interaction: InteractionSettings | None = None   # IR penalty on the noise's unit interactions (module doc)
     robust: RobustSettings | None = None              # REM: adversarial surrogate and worst-case noise (module doc)
-    structure: str | None = None                      # P of every stepped δ: 'luminance', 'lowpass' (module doc)
+    structure: str | None = None                      # P of every stepped δ: 'luminance', 'lowpass', 'balanced' (module doc)
 
     def settings(self) -> dict:
         """The settings as a plain dict (manifests, fingerprints); an option that is off (``interaction``,

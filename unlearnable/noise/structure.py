@@ -34,6 +34,18 @@ projections keep the noise in what they keep:
   everywhere is our reading of the measurement above. Class-wise luminance + tile-8 then protected on
   one seed and not on a second, README: an option to measure, not a default.)
 
+- ``balanced``: no colour cast. Each image's δ is offset per channel so that its channel means are
+  equal (to their mean over channels, which is kept: a uniform brightness change is no cast), then
+  clipped to ±ε, the offsets found by bisection so that the clipped δ has those means. Why: gray-world
+  white balance (Buchsbaum 1980; ``data.augment.gray_world``, the ``grayworld`` defense) subtracts
+  exactly such a cast, so a search through white-balanced views (``ViewConfig.white_balance``) cannot
+  use it, yet sign steps leave one behind (measured on the 7 ``samples/`` photos with the fresh start:
+  a mean chroma change of 2.2 levels, visible as a tint). Deviations from the rule below: the
+  clipped offset is not linear, so it is a projection onto the cast-free part of the ε-ball but not an
+  orthogonal one (the gradient is projected by its linear part, the cast subtracted); it is applied
+  last, after the other structures, whose patterns an offset and a clip keep (block-constant,
+  periodic); with ``luminance`` it does nothing (every channel is the same already).
+
 ``luminance+lowpass-k`` applies both (they commute: one mixes channels, the other pixels);
 ``tile-t+lowpass-k`` (k dividing t) is a periodic texture of k × k blocks, the mean over the pixels
 at the same block of the period.
@@ -70,7 +82,7 @@ import torch.nn.functional as F
 
 from ..errors import UnlearnableError
 
-STRUCTURES = ("luminance", "lowpass", "tile")
+STRUCTURES = ("luminance", "lowpass", "tile", "balanced")
 DEFAULT_BLOCK = 4
 DEFAULT_PERIOD = 8
 Projection = Callable[[torch.Tensor], torch.Tensor]
@@ -108,17 +120,45 @@ def tile(delta: torch.Tensor, period: int = DEFAULT_PERIOD, block: int = 1) -> t
     return (ry @ means @ rx.t()).contiguous()
 
 
+def colour_cast(delta: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 1, 1): each image's colour cast, its channel means minus their mean over
+    channels (what gray world subtracts)."""
+    m = delta.mean((2, 3), keepdim=True)
+    return m - m.mean(1, keepdim=True)
+
+
+def balanced(delta: torch.Tensor, eps: float | None = None, iters: int = 40) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): δ without its colour cast. ``eps`` None: the cast subtracted (linear,
+    for the gradient). Else δ_c − o_c clipped to ±eps, with the offset o_c of each image and channel
+    found by bisection (``iters`` halvings of [−2ε, 2ε]) so that each channel's mean is the mean over
+    channels of δ's channel means (module doc)."""
+    if delta.shape[1] == 1:
+        return delta
+    if eps is None:
+        return (delta - colour_cast(delta)).contiguous()
+    target = delta.mean((1, 2, 3), keepdim=True)                      # (B, 1, 1, 1): the gray mean, kept
+    lo = torch.full_like(delta[:, :, :1, :1], -2 * eps)
+    hi = torch.full_like(lo, 2 * eps)
+    for _ in range(iters):                                              # mean(clip(δ − o)) falls as o grows
+        mid = (lo + hi) / 2
+        above = (delta - mid).clamp(-eps, eps).mean((2, 3), keepdim=True) > target
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return (delta - (lo + hi) / 2).clamp(-eps, eps).contiguous()
+
+
 def parse_structure(spec: str) -> str:
-    """'luminance', 'lowpass', 'lowpass-8', 'tile', 'luminance+lowpass' (also comma-separated) -> the
-    canonical spec ('luminance+lowpass-4', 'luminance+tile-8+lowpass-2': luminance, tile, lowpass in that
-    order, sizes explicit); raises UnlearnableError on anything else (a block that does not divide the
-    period included)."""
+    """'luminance', 'lowpass', 'lowpass-8', 'tile', 'balanced', 'luminance+lowpass' (also comma-separated)
+    -> the canonical spec ('luminance+lowpass-4', 'luminance+tile-8+lowpass-2+balanced': luminance, tile,
+    lowpass, balanced in that order, sizes explicit); raises UnlearnableError on anything else (a block
+    that does not divide the period included)."""
     parts = [p.strip().lower() for p in re.split(r"[+,]", str(spec)) if p.strip()]
-    lum, block, period = False, None, None
+    lum, bal, block, period = False, False, None, None
     for p in parts:
         m = re.fullmatch(r"(lowpass|tile)(?:-(\d+))?", p)
         if p == "luminance" and not lum:
             lum = True
+        elif p == "balanced" and not bal:
+            bal = True
         elif m and m.group(1) == "lowpass" and block is None:
             block = int(m.group(2) or DEFAULT_BLOCK)
             if block < 2:
@@ -129,17 +169,19 @@ def parse_structure(spec: str) -> str:
                 raise UnlearnableError(f"the tile period must be at least 2 pixels, got {period}")
         else:
             raise UnlearnableError(f"unknown or repeated noise structure {p!r} in {spec!r}; use luminance, lowpass, "
-                                   "lowpass-K (K × K blocks), tile or tile-T (period T), joined by '+'")
+                                   "lowpass-K (K × K blocks), tile or tile-T (period T), balanced, joined by '+'")
     if not parts:
-        raise UnlearnableError("give a noise structure: luminance, lowpass, tile, or several (luminance+lowpass)")
+        raise UnlearnableError("give a noise structure: luminance, lowpass, tile, balanced, or several "
+                               "(luminance+lowpass)")
     if block and period and period % block:
         raise UnlearnableError(f"the low-pass block ({block}) must divide the tile period ({period})")
     return "+".join((["luminance"] if lum else []) + ([f"tile-{period}"] if period else [])
-                    + ([f"lowpass-{block}"] if block else []))
+                    + ([f"lowpass-{block}"] if block else []) + (["balanced"] if bal else []))
 
 
-def structure_projection(spec: str) -> Projection:
-    """The projection P (δ (B, C, H, W) -> Pδ, same shape) of a structure ``spec`` (see :func:`parse_structure`)."""
+def structure_projection(spec: str, eps: float | None = None) -> Projection:
+    """The projection P (δ (B, C, H, W) -> Pδ, same shape) of a structure ``spec`` (see :func:`parse_structure`);
+    ``eps`` is the ball ``balanced`` clips to (None: its linear part, the gradient's projection)."""
     names = parse_structure(spec).split("+")
     block = next((int(n.split("-")[1]) for n in names if n.startswith("lowpass")), None)
     period = next((int(n.split("-")[1]) for n in names if n.startswith("tile")), None)
@@ -148,9 +190,11 @@ def structure_projection(spec: str) -> Projection:
         if "luminance" in names:
             delta = luminance(delta)
         if period is not None:
-            return tile(delta, period, block or 1)
-        if block is not None:
+            delta = tile(delta, period, block or 1)
+        elif block is not None:
             delta = lowpass(delta, block)
+        if "balanced" in names:
+            delta = balanced(delta, eps)
         return delta
 
     return project
@@ -161,7 +205,7 @@ def structured_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
     """Wrap the engine's noise step ``step(images, labels, delta) -> delta`` (which steps along sign(P∇),
     see the module doc) so that every stepped δ is projected by P, then back onto ``pgd``'s feasible set
     (its ε and pixel-range rule; see the module doc for what the pixel-range clamp does to the structure)."""
-    project = structure_projection(spec)
+    project = structure_projection(spec, pgd.eps)
 
     def stepped(images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return pgd.project(project(step(images, labels, delta)), images)
@@ -169,4 +213,5 @@ def structured_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
     return stepped
 
 
-__all__ = ["STRUCTURES", "luminance", "lowpass", "tile", "parse_structure", "structure_projection", "structured_step"]
+__all__ = ["STRUCTURES", "luminance", "lowpass", "tile", "colour_cast", "balanced", "parse_structure",
+           "structure_projection", "structured_step"]
