@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from conftest import pre_option_fingerprint, synthetic_images
 from PIL import Image
 
-from unlearnable.data.augment import (cutmix, cutout, gray_world, grayscale, mixed_cross_entropy, mixup,
-                                      random_crop_flip)
+from unlearnable.data.augment import cutmix, cutout, gray_world, grayscale, mixed_cross_entropy, mixup, random_crop_flip
 from unlearnable.data.datasets import ImageTensors, balanced_subset, load_dataset, resolve_data_root
 from unlearnable.data.jpeg import jpeg
 from unlearnable.errors import UnlearnableError

@@ -138,7 +138,7 @@ class MinMinConfig:
     stop_loss: float | None = None      # also require the stop test's mean loss to be at most this
     interaction: InteractionSettings | None = None   # IR penalty on the noise's unit interactions (module doc)
     robust: RobustSettings | None = None              # REM: adversarial surrogate and worst-case noise (module doc)
-    structure: str | None = None                      # P of every stepped δ: 'luminance', 'lowpass', 'balanced' (module doc)
+    structure: str | None = None                      # P of every stepped δ: 'luminance', 'balanced', ... (module doc)
 
     def settings(self) -> dict:
         """The settings as a plain dict (manifests, fingerprints); an option that is off (``interaction``,
