@@ -64,7 +64,8 @@ def main() -> None:
                                                  "the product's (noise.views.PHOTO_VIEW), e.g. '{\"white_balance\": 0}' "
                                                  "for the plain views of runs before 2026-11-30")
     ap.add_argument("--surrogate-start", choices=["fresh", "pretrained"], default=None,
-                    help="where the search's surrogate starts (default: the product's for whole photos, pretrained)")
+                    help="where the search's surrogate starts (default: the product's, fresh since 2026-11-30; "
+                    "pretrained before)")
     ap.add_argument("--perceptual", action="store_true", help="protect with --perceptual (the JND budget)")
     ap.add_argument("--defense", default="standard", help="how both victims train (unlearnable.train.defenses), "
                                                          "e.g. grayworld")

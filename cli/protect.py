@@ -36,9 +36,10 @@ def protect_cmd(
                                   "with --surrogate-start pretrained)"),
     surrogate_start: Optional[str] = typer.Option(None, "--surrogate-start", help="fresh: the search trains the "
                                                   "surrogate's architecture from scratch, as the paper does (the "
-                                                  "default with --faces: measured far stronger); pretrained: from "
-                                                  "its weights (the default for whole photos and with "
-                                                  "--face-weights)"),
+                                                  "default: measured far stronger, on faces and, with the "
+                                                  "white-balanced views, on whole photos); pretrained: from its "
+                                                  "weights (the default with --face-weights; whole photos' before "
+                                                  "2026-11-30)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="reference dataset (default: the "
                                             "surrogate's shipped bank); with --faces, a folder of other "
                                             "people's aligned faces (one subfolder per person): the surrogate "

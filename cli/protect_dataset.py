@@ -50,7 +50,8 @@ def protect_dataset_cmd(
     structure: Optional[str] = typer.Option(
         None, "--structure", help="keep the noise structured: luminance (same in R, G, B: grayscale keeps it), "
         "lowpass (4 × 4 blocks; lowpass-K for K × K: JPEG keeps it), tile (a periodic 8 × 8 texture; tile-T), "
-        "or several joined by '+' (luminance+tile-8+lowpass-2)"),
+        "balanced (no colour cast: gray-world white balance would remove one), or several joined by '+' "
+        "(luminance+tile-8+lowpass-2)"),
     seed: int = SEED,
     data_root: Optional[Path] = DATA_ROOT,
     device: str = DEVICE,

@@ -1,5 +1,5 @@
 """Where the photo and face searches' surrogate starts: its architecture initialised afresh from the seed
-(as the paper's min-min; the default for faces) or its pretrained weights (the default for whole photos)."""
+(as the paper's min-min; the default) or its pretrained weights (the default with --face-weights)."""
 from pathlib import Path
 
 import pytest
@@ -66,7 +66,7 @@ def test_a_layer_that_cannot_be_reset_is_an_error_not_a_silently_pretrained_one(
 
 
 def test_surrogate_start_defaults_rules_and_identity():
-    assert PhotoProtectConfig().surrogate_start == "pretrained"
+    assert PhotoProtectConfig().surrogate_start == "fresh"                 # whole photos since 2026-11-30
     assert PhotoProtectConfig(faces=True).surrogate_start == "fresh"
     assert PhotoProtectConfig(faces=True, face_weights="w.pt").surrogate_start == "pretrained"
     with pytest.raises(UsageError, match="--face-weights"):
@@ -76,7 +76,8 @@ def test_surrogate_start_defaults_rules_and_identity():
     # a resume never mixes the two; the pretrained identity stays what it was before the option existed
     assert PhotoProtectConfig(surrogate_start="fresh").fingerprint()["surrogate_start"] == "fresh"
     assert PhotoProtectConfig(faces=True).fingerprint()["surrogate_start"] == "fresh"
-    assert "surrogate_start" not in PhotoProtectConfig().fingerprint()
+    assert PhotoProtectConfig().fingerprint()["surrogate_start"] == "fresh"
+    assert "surrogate_start" not in PhotoProtectConfig(surrogate_start="pretrained").fingerprint()
 
 
 @pytest.mark.parametrize("start", [None, "fresh", "pretrained"])
@@ -91,11 +92,11 @@ def test_the_search_starts_from_the_chosen_surrogate(tmp_path, monkeypatch, star
                              workers=1, metrics=False, surrogate_start=start)
     m = protect_photos([folder], tmp_path / "out", cfg)
     shipped = load_surrogate()[0]
-    want = _floats(fresh_surrogate(shipped, 3) if start == "fresh" else shipped)
+    want = _floats(shipped if start == "pretrained" else fresh_surrogate(shipped, 3))
     assert len(seen) == 1 and seen[0].keys() == want.keys()
     assert all(torch.equal(seen[0][k], want[k]) for k in want)
-    assert m["surrogate"]["start"] == (start or "pretrained") and m["summary"]["ok"] == 2
-    if start == "fresh":            # the manifest names what the search started from, not the unused weights
+    assert m["surrogate"]["start"] == (start or "fresh") and m["summary"]["ok"] == 2
+    if start != "pretrained":            # the manifest names what the search started from, not the unused weights
         assert m["surrogate"]["name"] == "smallcnn initialised afresh (seed 3)" and m["surrogate"]["file"] is None
         assert m["surrogate"]["test_accuracy"] is None and m["surrogate"]["built_from"] == "smallcnn-cifar10"
     else:
@@ -112,7 +113,7 @@ def test_cli_surrogate_start_option(tmp_path, monkeypatch):
     monkeypatch.setattr(photos_mod, "protect_photos", capture)
     for args in ([], ["--surrogate-start", "fresh"], ["--faces"], ["--faces", "--surrogate-start", "pretrained"]):
         runner.invoke(app, ["protect", str(SAMPLES), "-o", str(tmp_path / "out"), *args])
-    assert seen == ["pretrained", "fresh", "fresh", "pretrained"]
+    assert seen == ["fresh", "fresh", "fresh", "pretrained"]
     r = runner.invoke(app, ["protect", str(SAMPLES), "-o", str(tmp_path / "out"), "--surrogate-start", "warm"])
     assert r.exit_code == 2 and "surrogate start" in r.output and not (tmp_path / "out").exists()
 

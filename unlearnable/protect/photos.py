@@ -6,9 +6,9 @@ Three phases, each resumable:
    ``--label-free``, a cluster) are decoded once at reduced scale, from the very bytes that were
    hashed, and squashed to ``work_size`` × ``work_size``. Unreadable files get one error line and are
    left out.
-2. *Search*: ``photo_noise`` against the embedded (or a given) surrogate, from its weights or, by
-   default with ``--faces``, its architecture initialised afresh from the seed (``surrogate_start``),
-   and its reference bank. The
+2. *Search*: ``photo_noise`` against the embedded (or a given) surrogate, by default its architecture
+   initialised afresh from the seed, or (``surrogate_start`` pretrained) from its weights, and its
+   reference bank. The
    patterns are saved to ``OUT/.unlearnable/search.pt`` with the hashes and classes they were
    searched for, so a crash in phase 3 does not redo it, and *a class keeps one pattern*: a photo
    added to a class after a finished run gets that class's stored pattern (``"pattern":
@@ -122,8 +122,8 @@ class PhotoProtectConfig:
     clusters: int | None = None     # number of pseudo-classes with label_free (default: about n/5, 2..10)
     surrogate: str = DEFAULT_NAME   # shipped name or path of a .pt from `unlearnable train-surrogate`
     # "fresh": the search trains the surrogate's architecture from scratch (train.surrogate.fresh_surrogate),
-    # "pretrained": from its weights; None: fresh for faces (without face_weights), else pretrained
-    # (measured: README "Where the search's surrogate starts")
+    # "pretrained": from its weights; None: fresh, but pretrained with face_weights (measured: README "Where
+    # the search's surrogate starts"; whole photos start fresh since 2026-11-30, with the white-balanced views)
     surrogate_start: str | None = None
     reference: str | None = None    # None: the surrogate's shipped bank; else a dataset name / ImageFolder
     reference_per_class: int = 50
@@ -154,7 +154,7 @@ class PhotoProtectConfig:
              " or ".join(SURROGATE_STARTS)),
         ) if not ok]
         if self.surrogate_start is None:
-            self.surrogate_start = "fresh" if self.faces and not self.face_weights else "pretrained"
+            self.surrogate_start = "pretrained" if self.face_weights else "fresh"
         if self.face_weights and self.surrogate_start == "fresh":
             bad.append("--face-weights gives a pretrained surrogate; --surrogate-start fresh would discard its "
                        "weights")

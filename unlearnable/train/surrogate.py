@@ -5,10 +5,11 @@ class-balanced *reference bank* of that dataset's images, shipped as package dat
 Why both: the min-min search (arXiv 2101.04898, Eq. 2) needs a classifier over the photos'
 classes *and* other classes to tell them from; a flat folder of one person's photos is one
 class, so the reference bank supplies the "everything else" the surrogate is trained against.
-The pretrained weights give the whole-photo search natural-image features from the first round. The
-face search starts instead from the architecture initialised afresh (``fresh_surrogate``), as the
-paper's min-min does: measured, it protects faces far better (README "Where the search's surrogate
-starts"); for whole photos the measurements were mixed, so ``--surrogate-start fresh`` is an option.
+The searches start from the architecture initialised afresh (``fresh_surrogate``), as the paper's
+min-min does: measured, it protects faces far better, and whole photos too once their search views are
+white-balanced (README "Where the search's surrogate starts"). The pretrained weights
+(``--surrogate-start pretrained``) give the search natural-image features from the first round; whole
+photos started from them until 2026-11-30. Label-free clustering uses them either way.
 
 ``train_surrogate`` is the recipe that produced the shipped files (``unlearnable
 train-surrogate``); the model card next to the weights records its command, data and accuracy.
@@ -139,7 +140,7 @@ def load_surrogate(name_or_path: str | os.PathLike = DEFAULT_NAME,
 def fresh_surrogate(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model`` with every layer initialised afresh (each module's ``reset_parameters``,
     batch-norm statistics included), drawn from ``seed`` on the CPU generator whatever the device, so
-    seeded runs match across devices; ``model`` is left unchanged. The face search starts from it by
+    seeded runs match across devices; ``model`` is left unchanged. The photo and face searches start from it by
     default (``PhotoProtectConfig.surrogate_start``): the paper's min-min trains its surrogate from
     scratch along with the noise (arXiv 2101.04898, Sec. 3 and 4.4). Raises ``ValueError`` for a
     module that holds parameters but cannot reset them."""
