@@ -101,6 +101,7 @@ def main() -> None:
         report = verify_photo_folder(folder.parent, Path(tmp) / "verify", cfg)
     report.pop("held_out_files", None)
     report["benchmark"] = "photo_verify"
+    report["mode"] = args.mode
     report["search_overrides"] = overrides
     report["view_overrides"] = view
     report["surrogate_start"] = cfg.protect.surrogate_start

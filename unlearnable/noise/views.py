@@ -44,10 +44,13 @@ class ViewConfig:
 # The whole-photo search's views (``PhotoProtectConfig``'s default since 2026-11-30): every view
 # white-balanced first, so the noise cannot be a class-wide colour cast. Measured on the verify-photos
 # benchmark (2-core CPU; held-out clean photos recognised by the victim trained on the protected ones),
-# against the views without it: automobile 53 → 36 %, 55 → 22 %, 52 → 38 % (seeds 0-2), ship 50 → 32 %
-# and 67 → 43 % (seeds 0-1), horse 23 → 24 % and 33 → 30 %; with a white-balancing victim (``grayworld``) automobile 47 → 34 % and 48 → 22 %; on
-# the 7 samples/ photos PSNR 36.6 → 37.7 dB, SSIM 0.970 → 0.971, blotch 2.35 → 2.29, but on 20 upscaled
-# 12 MP photos SSIM 0.970 → 0.960 (README "What the photo noise is"). Faces keep FACE_VIEW: their
+# pretrained start, against the views without it: automobile 53 → 36 %, 55 → 22 %, 52 → 38 % (seeds
+# 0-2), ship 50 → 32 % and 67 → 43 % (seeds 0-1), horse 23 → 24 % and 33 → 30 %; with a white-balancing
+# victim (``grayworld``) automobile 47 → 34 % and 48 → 22 %; on the 7 samples/ photos PSNR 36.6 → 37.7
+# dB, SSIM 0.970 → 0.971, blotch 2.35 → 2.29, but on 20 upscaled 12 MP photos SSIM 0.970 → 0.960. With
+# the fresh start (the default since, ``PhotoProtectConfig.surrogate_start``) through these views: 12, 14
+# and 7 %, 14 and 29 %, 14 and 11 % on the same photos, at a visible price on the samples (README "The
+# default now"). Without the white balance the fresh start's noise was mostly a cast. Faces keep FACE_VIEW: their
 # pattern is mostly not a cast (it holds under grayworld: 13.75 % against 66.7 %, mean of seeds 0-2).
 PHOTO_VIEW = ViewConfig(white_balance=1.0)
 
