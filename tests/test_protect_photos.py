@@ -53,7 +53,8 @@ def test_protect_folder_outputs_manifest_and_budget(album, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["summary"]["ok"] == 5 and m["summary"]["failed"] == 0
     assert [s["path"].endswith("notes.txt") for s in m["skipped_files"]] == [True]
-    assert m["surrogate"]["name"] == "smallcnn-cifar10" and m["settings"]["search"]["seed"] == 0
+    assert m["surrogate"]["built_from"] == "smallcnn-cifar10" and m["settings"]["search"]["seed"] == 0
+    assert m["surrogate"]["name"] == "smallcnn initialised afresh (seed 0)"   # the default start since 2026-11-30
     assert m["search"]["classes"] == ["alice", "bob"] and m["settings"]["search"]["mode"] == "classwise"
     for e in m["images"]:
         src, dst = Path(e["input"]), out / e["output"]
