@@ -57,8 +57,9 @@ afterwards; a block then moved by the mean of its pixels' random signs, about st
 luma block, so a class-wise search, one step a round, barely moved: 0.77/255 mean |δ| after 30
 rounds. The measurements of structured kinds before that date used that step.)
 
-Properties. Each P is an orthogonal projection (P² = P, Pᵀ = P), and each output value is a mean of
-input values, so ‖Pδ‖∞ ≤ ‖δ‖∞: a point of the ε-ball stays in it, with no clamp. (A DCT low-pass,
+Properties (``balanced`` excepted: its bullet above). Each P is an orthogonal projection (P² = P,
+Pᵀ = P), and each output value is a mean of input values, so ‖Pδ‖∞ ≤ ‖δ‖∞: a point of the ε-ball
+stays in it, with no clamp. (A DCT low-pass,
 zeroing high-frequency coefficients, is also an orthogonal projection but does not keep the ε-ball:
 its ringing overshoots, and the clamp back into the ball would put high frequencies back. That is
 why block averaging is used.)
