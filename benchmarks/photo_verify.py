@@ -67,8 +67,6 @@ def main() -> None:
                     help="where the search's surrogate starts (default: the product's, fresh since 2026-11-30; "
                     "pretrained before)")
     ap.add_argument("--perceptual", action="store_true", help="protect with --perceptual (the JND budget)")
-    ap.add_argument("--perceptual-chroma", default=None,
-                    help="its chroma model: a share in [0, 1] or 'texture' (default: the product's)")
     ap.add_argument("--defense", default="standard", help="how both victims train (unlearnable.train.defenses), "
                                                          "e.g. grayworld")
     ap.add_argument("--no-jpeg", action="store_true", help="scraper pipeline without the JPEG re-encode")
@@ -82,10 +80,6 @@ def main() -> None:
     view = json.loads(args.view)
     if not isinstance(overrides, dict) or not isinstance(view, dict):
         ap.error("--search and --view take a JSON object")
-    chroma = {}
-    if args.perceptual_chroma is not None:
-        pc = args.perceptual_chroma
-        chroma = {"perceptual_chroma": pc if pc == "texture" else float(pc)}
     t0 = time.perf_counter()
     if args.out and Path(args.out).exists():
         ap.error(f"--out {args.out} exists: give a new folder")
@@ -101,7 +95,7 @@ def main() -> None:
             protect=PhotoProtectConfig(search=MinMinConfig.for_photos(**{"mode": args.mode, "max_rounds": args.rounds,
                                                                          "seed": args.seed, **overrides}),
                                        view=replace(PHOTO_VIEW, **view), surrogate_start=args.surrogate_start,
-                                       perceptual=args.perceptual, **chroma,
+                                       perceptual=args.perceptual,
                                        device=args.device, data_root=args.data_root),
             seed=args.seed, data_root=args.data_root, device=args.device)
         report = verify_photo_folder(folder.parent, Path(tmp) / "verify", cfg)
@@ -112,8 +106,6 @@ def main() -> None:
     report["view_overrides"] = view
     report["surrogate_start"] = cfg.protect.surrogate_start
     report["perceptual"] = args.perceptual
-    if args.perceptual:
-        report["perceptual_chroma"] = cfg.protect.perceptual_chroma
     report["photo_set"] = (f"CIFAR-10 test images of class '{args.cls}', first {args.photos}, "
                            f"upscaled to {args.photo_size}px JPEG q95")
     report["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}

@@ -85,8 +85,6 @@ from .views import ViewConfig, scraper_view
 
 MASK_SIZE = 256      # side of the squashed photo the JND profile is computed on (deviation 1)
 CHROMA = 0.25        # chroma share of the noise relative to its luma (deviation 3)
-TEXTURE = "texture"  # chroma model: the share follows the photo's texture, c(p) = texture_share (deviation 3)
-FLAT_STD = 3.0       # levels: local luma std (7 x 7) at or under which a pixel is flat (eval.blotch's rule)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights
 MODEL = "chou-li-1995"
 
@@ -99,16 +97,9 @@ _GRAD = (((0, 0, 0, 0, 0), (1, 3, 8, 3, 1), (0, 0, 0, 0, 0), (-1, -3, -8, -3, -1
 T0, GAMMA, LAMBDA = 17.0, 3 / 128, 0.5
 
 
-def settings(chroma: float | str = CHROMA) -> dict:
+def settings() -> dict:
     """The perceptual budget's constants (recorded in a protect run's settings when it is on)."""
-    return {"model": MODEL, "mask_size": MASK_SIZE, "chroma": chroma}
-
-
-def check_chroma(chroma: float | str) -> float | str:
-    """A chroma model is a share in [0, 1] (the same at every pixel) or ``TEXTURE``."""
-    if chroma == TEXTURE or (isinstance(chroma, (int, float)) and 0.0 <= chroma <= 1.0):
-        return chroma
-    raise ValueError(f"chroma must be a share in [0, 1] or {TEXTURE!r}, got {chroma!r}")
+    return {"model": MODEL, "mask_size": MASK_SIZE, "chroma": CHROMA}
 
 
 def jnd_levels(rgb: torch.Tensor) -> torch.Tensor:
@@ -130,29 +121,9 @@ def jnd_mask(rgb: torch.Tensor, eps: float) -> torch.Tensor:
     return (jnd_levels(rgb) / (255.0 * eps)).clamp_(max=1.0)
 
 
-def texture_share(rgb: torch.Tensor) -> torch.Tensor:
-    """c(p) of the ``TEXTURE`` chroma model: rgb (B, 3, H, W) in [0, 1] -> (B, 1, H, W) in [0, 1], 0 where
-    the luma's local 7 × 7 standard deviation s is at most ``FLAT_STD`` (3 levels: the flat pixels of
-    ``eval.blotch``, Chou & Li's smallest visibility threshold), 1 from 2 · ``FLAT_STD`` on, linear in
-    between: chroma noise where texture masks it, none on flat areas."""
-    w = torch.tensor(LUMA, dtype=rgb.dtype, device=rgb.device)
-    y = torch.einsum("bchw,c->bhw", rgb, w)[:, None] * 255.0
-    yp = F.pad(y, (3, 3, 3, 3), mode="replicate")
-    mean = F.avg_pool2d(yp, 7, 1)
-    sd = (F.avg_pool2d(yp * yp, 7, 1) - mean * mean).clamp_(min=0).sqrt_()
-    return ((sd - FLAT_STD) / FLAT_STD).clamp_(0.0, 1.0)
-
-
-def chroma_share(rgb: torch.Tensor, chroma: float | str) -> torch.Tensor:
-    """c(p) of Eq. (1) for rgb (B, 3, H, W): the constant ``chroma`` or ``texture_share``."""
-    if check_chroma(chroma) == TEXTURE:
-        return texture_share(rgb)
-    return torch.full_like(rgb[:, :1], float(chroma))
-
-
-def shape_noise(delta: torch.Tensor, mask: torch.Tensor, chroma: float | torch.Tensor = CHROMA) -> torch.Tensor:
-    """Eq. (1): δ (..., 3, H, W) and mask (..., 1, H, W) in [0, 1] -> m · (c δ + (1 − c) Y(δ)), c a
-    share in [0, 1] or a map (..., 1, H, W) of them; same shape as δ, with |result| ≤ max over channels |δ| at every pixel. Linear in δ (differentiable)."""
+def shape_noise(delta: torch.Tensor, mask: torch.Tensor, chroma: float = CHROMA) -> torch.Tensor:
+    """Eq. (1): δ (..., 3, H, W) and mask (..., 1, H, W) in [0, 1] -> m · (c δ + (1 − c) Y(δ)),
+    same shape as δ, with |result| ≤ max over channels |δ| at every pixel. Linear in δ (differentiable)."""
     w = torch.tensor(LUMA, dtype=delta.dtype, device=delta.device).view(3, 1, 1)
     y = (delta * w).sum(-3, keepdim=True)
     return mask * (chroma * delta + (1 - chroma) * y)
@@ -166,50 +137,36 @@ def squash(pixels: np.ndarray, size: int = MASK_SIZE) -> torch.Tensor:
     return torch.from_numpy(small.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def preview_budgets(paths: Sequence[str | os.PathLike], work_size: int, eps: float,
-                    max_pixels: int = 150_000_000, chroma: float | str = CHROMA) -> tuple[torch.Tensor, torch.Tensor]:
-    """The search's budget of the photos at ``paths``: each read as a ``MASK_SIZE`` preview, its JND mask
-    and its chroma share c(p) averaged down to ``work_size`` -> two (N, 1, work_size, work_size) float
-    tensors in [0, 1]. A photo that cannot be read now gets a mask of ones and c = ``CHROMA`` (it is
-    reported when its output is written)."""
-    masks, shares = [], []
+def preview_masks(paths: Sequence[str | os.PathLike], work_size: int, eps: float,
+                  max_pixels: int = 150_000_000) -> torch.Tensor:
+    """The search's masks of the photos at ``paths``: each read as a ``MASK_SIZE`` preview, its JND
+    mask averaged down to ``work_size`` -> (N, 1, work_size, work_size) float in (0, 1]. A photo that
+    cannot be read now gets a mask of ones (it is reported when its output is written)."""
+    masks = []
     for path in paths:
         try:
             arr = read_preview(path, MASK_SIZE, max_pixels)
         except PhotoError:
             masks.append(torch.ones(1, 1, work_size, work_size))
-            shares.append(torch.full((1, 1, work_size, work_size), CHROMA))
             continue
         rgb = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div_(255.0)
         masks.append(F.adaptive_avg_pool2d(jnd_mask(rgb, eps), work_size))
-        shares.append(F.adaptive_avg_pool2d(chroma_share(rgb, chroma), work_size))
-    if not masks:
-        return torch.zeros(0, 1, work_size, work_size), torch.zeros(0, 1, work_size, work_size)
-    return torch.cat(masks), torch.cat(shares)
+    return torch.cat(masks) if masks else torch.zeros(0, 1, work_size, work_size)
 
 
-def preview_masks(paths: Sequence[str | os.PathLike], work_size: int, eps: float,
-                  max_pixels: int = 150_000_000) -> torch.Tensor:
-    """The JND masks of ``preview_budgets``: (N, 1, work_size, work_size) float in (0, 1]."""
-    return preview_budgets(paths, work_size, eps, max_pixels)[0]
-
-
-def noise_shaper(pixels: np.ndarray, eps: float, chroma: float | str = CHROMA,
+def noise_shaper(pixels: np.ndarray, eps: float, chroma: float = CHROMA,
                  size: int = MASK_SIZE) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
     """For ``apply_noise(..., shape=)``: Eq. (1) on full-size noise strips of the photo ``pixels``
     ((H, W, C) uint8/uint16). The returned function maps a strip (rows, W, C) of upsampled noise in
     levels, rows [r0, r1), to the shaped strip, clamped to ±ε · max level (float rounding only: the
-    shaping never grows the noise). The JND mask (and with ``TEXTURE`` the chroma share) is computed
-    on the photo squashed to ``size`` and upsampled bilinearly (a convex combination, so it stays in
-    [0, 1]); grayscale photos (C = 1) get m times their (gray) noise."""
+    shaping never grows the noise). The JND mask is computed on the photo squashed to ``size``
+    and upsampled bilinearly (a convex combination, so it stays in [0, 1]); grayscale photos
+    (C = 1) get m times their (gray) noise."""
     h, w = pixels.shape[:2]
     bound = eps * float(np.iinfo(pixels.dtype).max)
-    small = squash(pixels, size)[None]
-    m = jnd_mask(small, eps)[0, 0]                                           # (size, size)
+    m = jnd_mask(squash(pixels, size)[None], eps)[0, 0]                     # (size, size)
     a_h = bilinear_matrix(h, size)
-    a_w = bilinear_matrix(w, size).t()
-    right = m @ a_w                                                          # (size, W)
-    cright = chroma_share(small, chroma)[0, 0] @ a_w if check_chroma(chroma) == TEXTURE else None
+    right = m @ bilinear_matrix(w, size).t()                                 # (size, W)
     lw = torch.tensor(LUMA, dtype=torch.float32)
 
     def shape(noise: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
@@ -217,8 +174,7 @@ def noise_shaper(pixels: np.ndarray, eps: float, chroma: float | str = CHROMA,
         if noise.shape[-1] == 1:
             out = mm * noise
         else:
-            c = chroma if cright is None else (a_h[r0:r1] @ cright)[..., None]
-            out = mm * (c * noise + (1 - c) * (noise @ lw)[..., None])
+            out = mm * (chroma * noise + (1 - chroma) * (noise @ lw)[..., None])
         return out.clamp_(-bound, bound)
 
     return shape
@@ -235,7 +191,7 @@ class PerceptualProblem(ReferenceBankProblem):
     def __init__(self, photos: torch.Tensor, labels: torch.Tensor, num_photo_classes: int,
                  reference: ImageTensors, device: torch.device, view: ViewConfig | None = None,
                  reference_batch: int = 64, photo_batch: int = 32, *, masks: torch.Tensor,
-                 chroma: float | torch.Tensor = CHROMA) -> None:
+                 chroma: float = CHROMA) -> None:
         super().__init__(photos, labels, num_photo_classes, reference, device, view, reference_batch, photo_batch)
         n, _, s, t = self.x.shape
         if tuple(masks.shape) != (n, 1, s, t):
@@ -243,28 +199,16 @@ class PerceptualProblem(ReferenceBankProblem):
         if masks.numel() and not (float(masks.min()) >= 0 and float(masks.max()) <= 1):
             raise ValueError("masks must lie in [0, 1]")
         self.masks = masks.to(device).float()
-        if isinstance(chroma, torch.Tensor):  # a share per pixel (N, 1, S, T), like the masks
-            if tuple(chroma.shape) != (n, 1, s, t) or (chroma.numel() and not (float(chroma.min()) >= 0
-                                                                                 and float(chroma.max()) <= 1)):
-                raise ValueError(f"a chroma map must be (N, 1, H, W) = {(n, 1, s, t)} in [0, 1]")
-            chroma = chroma.to(device).float()
         self.chroma = chroma
         self._batch: torch.Tensor | None = None
 
     def fingerprint(self, h) -> None:
         super().fingerprint(h)
-        if isinstance(self.chroma, torch.Tensor):
-            h.update(b"perceptual map")
-            h.update(self.chroma.cpu().numpy().tobytes())
-        else:
-            h.update(f"perceptual {self.chroma}".encode())
+        h.update(f"perceptual {self.chroma}".encode())
         h.update(self.masks.cpu().numpy().tobytes())
 
-    def _share(self, idx: torch.Tensor) -> float | torch.Tensor:
-        return self.chroma[idx] if isinstance(self.chroma, torch.Tensor) else self.chroma
-
     def _seen(self, idx: torch.Tensor, d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return super()._seen(idx, shape_noise(d, self.masks[idx], self._share(idx)), gen)
+        return super()._seen(idx, shape_noise(d, self.masks[idx], self.chroma), gen)
 
     def clean(self, idx: torch.Tensor) -> torch.Tensor:
         self._batch = idx
@@ -274,7 +218,7 @@ class PerceptualProblem(ReferenceBankProblem):
         if self._batch is None:
             raise RuntimeError("PerceptualProblem.view needs the batch: call clean(idx) first")
         idx, self._batch = self._batch, None
-        x, m, cfg, c = self.x[idx], self.masks[idx], self.viewcfg, self._share(idx)
+        x, m, cfg, c = self.x[idx], self.masks[idx], self.viewcfg, self.chroma
         return lambda z: scraper_view((x + shape_noise(z - x, m, c)).clamp(0, 1), cfg, gen)
 
 
@@ -283,7 +227,7 @@ def perceptual_photo_noise(photos: torch.Tensor, labels: torch.Tensor, num_photo
                            on_round: Callable[[RoundLog], None] | None = None,
                            on_progress: Callable[[str, int, int], None] | None = None,
                            view: ViewConfig | None = None, reference_batch: int = 64, photo_batch: int = 32,
-                           *, masks: torch.Tensor, chroma: float | torch.Tensor = CHROMA) -> tuple[torch.Tensor, list[RoundLog]]:
+                           *, masks: torch.Tensor, chroma: float = CHROMA) -> tuple[torch.Tensor, list[RoundLog]]:
     """``noise.problems.photo_noise`` with the perceptual budget in the search (``PerceptualProblem``;
     ``masks`` (N, 1, S, S) in [0, 1], e.g. from ``preview_masks``). Returns δ (float32 CPU, in [-ε, ε],
     class-wise (K, 3, S, S) or sample-wise (N, 3, S, S)), *before* shaping: what is written is

@@ -71,9 +71,7 @@ from ..faces.detect import detect_faces
 from ..faces.noise import SMALL_FACE, aligned_crops, face_config, face_noise, paste_faces
 from ..faces.surrogate import face_surrogate
 from ..noise.minmin import MinMinConfig
-from ..noise.perceptual import CHROMA as PERCEPTUAL_CHROMA
-from ..noise.perceptual import TEXTURE, check_chroma, noise_shaper, perceptual_photo_noise, preview_budgets
-from ..noise.perceptual import settings as perceptual_settings
+from ..noise.perceptual import noise_shaper, perceptual_photo_noise, preview_masks, settings as perceptual_settings
 from ..noise.problems import photo_noise
 from ..noise.upsample import EPS_TOLERANCE, apply_noise
 from ..noise.views import FACE_VIEW, PHOTO_VIEW, ViewConfig
@@ -139,7 +137,6 @@ class PhotoProtectConfig:
     detect_side: int = 1024         # faces mode: detect on a copy at most this many pixels on its long side
     face_weights: str | None = None  # faces mode: a facenet-pytorch state dict -> Inception-ResNet-v1 surrogate
     perceptual: bool = False        # JND-shaped, luma-heavy noise, in the search too (unlearnable.noise.perceptual)
-    perceptual_chroma: float | str = PERCEPTUAL_CHROMA  # its chroma model: a share in [0, 1] or "texture"
     data_root: str | None = None
     device: str = "auto"
 
@@ -168,11 +165,6 @@ class PhotoProtectConfig:
         if self.faces and (self.search.mode != "classwise" or self.label_free):
             bad.append("--faces protects one pattern per person: it needs --mode classwise and folder labels "
                        "(not --label-free)")
-        try:
-            if check_chroma(self.perceptual_chroma) != TEXTURE:
-                self.perceptual_chroma = float(self.perceptual_chroma)
-        except ValueError as e:
-            bad.append(f"perceptual chroma: {e}")
         if self.faces and self.perceptual:
             bad.append("--perceptual shapes whole-photo noise; it does not apply with --faces")
         if bad:
@@ -191,9 +183,8 @@ class PhotoProtectConfig:
             s.pop("surrogate_start")
         if not self.view.white_balance:  # settings without white-balanced views stay what they were before them
             s["view"].pop("white_balance")
-        s.pop("perceptual_chroma")  # recorded in the perceptual settings
         if self.perceptual:
-            s["perceptual"] = perceptual_settings(self.perceptual_chroma)
+            s["perceptual"] = perceptual_settings()
         else:  # settings without the perceptual budget stay what they were before it existed
             s.pop("perceptual")
         return s
@@ -521,10 +512,9 @@ class _Run:
         y = torch.tensor([local.index(labels[p.rel.as_posix()]) for p, _, _ in ready])
         search = photo_noise
         if cfg.perceptual:  # the JND masks enter the search (noise.perceptual.PerceptualProblem)
-            masks, shares = preview_budgets([p.path for p, _, _ in ready], cfg.work_size, cfg.search.eps,
-                                            int(cfg.max_megapixels * 1e6), cfg.perceptual_chroma)
-            chroma = cfg.perceptual_chroma if isinstance(cfg.perceptual_chroma, float) else shares
-            search = functools.partial(perceptual_photo_noise, masks=masks, chroma=chroma)
+            masks = preview_masks([p.path for p, _, _ in ready], cfg.work_size, cfg.search.eps,
+                                  int(cfg.max_megapixels * 1e6))
+            search = functools.partial(perceptual_photo_noise, masks=masks)
         delta, history = search(
             x, y, len(local), self.search_model(surrogate), _load_reference(cfg, self.smeta), cfg.search,
             on_round=lambda r: self.emit("round", asdict(r)),
@@ -751,7 +741,7 @@ def _write_protected(p: PhotoFile, in_hash: str, n: _Noise, out: Path, cfg: Phot
         raise PhotoError("the file changed while it was being protected; run again")
     if not cfg.faces:
         faces = None
-        shape = noise_shaper(photo.pixels, cfg.search.eps, cfg.perceptual_chroma) if cfg.perceptual else None
+        shape = noise_shaper(photo.pixels, cfg.search.eps) if cfg.perceptual else None
         pixels, noise_levels = apply_noise(photo.pixels, n.delta, eps=cfg.search.eps, shape=shape)
     else:
         if faces is None:
