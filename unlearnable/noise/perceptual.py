@@ -45,7 +45,9 @@ Deviations, named:
    sensitivity is highest (its CSF is low-pass, Mullen, J. Physiol. 359, 1985) and where flat
    regions offer no masking. Luma-heavy noise also keeps its energy under a grayscale conversion (a
    squeezing defense, Liu et al. 2023, arXiv 2301.13838), at the price of the chroma degrees of
-   freedom. 0.25 is a design choice, not a fitted constant (only this value has been measured).
+   freedom. 0.25 is a design choice, not a fitted constant. A share of 1 (the JND mask alone) and a
+   share per pixel that follows the photo's texture (none on flat areas) were measured too, at
+   792fd89 and removed since: neither keeps the protection (README, "What less visible noise costs").
 4. *Budget, not threshold*: m caps the noise at min(ε, JND) per pixel (ε stays the hard bound);
    where the JND exceeds ε (dark areas, strong texture) the noise keeps its full ε.
 
@@ -56,12 +58,14 @@ Where m is small the gradient is small but sign steps still move δ; only n(δ) 
 
 **Measured** (``benchmarks/perceptual.py``, 2-core x86_64 CPU shared with other jobs, one torch thread,
 ε = 8/255, JSON in ``benchmarks/results/perceptual-*``): on the seven ``samples/`` photos (protect
-defaults) the written files' blotch figure (``unlearnable.eval.blotch``) falls from 2.32 to 0.24 levels
-(luma 2.61 to 2.38), PSNR rises from 36.6 to 40.1 dB, SSIM from 0.969 to 0.974, the search converges
-alike (9 rounds). But on the verify-photos setup (400 CIFAR-10 automobiles at 256 px, ResNet-18/4,
-20 epochs) the protection is gone: the held-out clean photos are recognised 67 % by the victim trained
-on the perceptually protected photos against 69 % unprotected (written SSIM 0.980). That is why
-``protect --perceptual`` is off by default.
+defaults of that day: pretrained start, plain views) the written files' blotch figure
+(``unlearnable.eval.blotch``) falls from 2.32 to 0.24 levels (luma 2.61 to 2.38), PSNR rises from 36.6
+to 40.1 dB, SSIM from 0.969 to 0.974, the search converges alike (9 rounds). But on the verify-photos
+setup (400 CIFAR-10 automobiles at 256 px, ResNet-18/4, 20 epochs) the protection is gone: the
+held-out clean photos are recognised 67 % by the victim trained on the perceptually protected photos
+against 69 % unprotected (written SSIM 0.980); with today's defaults (fresh start, white-balanced
+views) 74 % against 81 % (12 % without the budget; ``benchmarks/results/photo-visibility-frontier.json``).
+That is why ``protect --perceptual`` is off by default.
 """
 from __future__ import annotations
 
