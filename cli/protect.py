@@ -39,7 +39,7 @@ def protect_cmd(
                                                   "default: measured far stronger, on faces and, with the "
                                                   "white-balanced views, on whole photos); pretrained: from its "
                                                   "weights (the default with --face-weights; whole photos' before "
-                                                  "2026-11-30)"),
+                                                  "2026-11-30: fainter colour blotches, weaker protection)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="reference dataset (default: the "
                                             "surrogate's shipped bank); with --faces, a folder of other "
                                             "people's aligned faces (one subfolder per person): the surrogate "
