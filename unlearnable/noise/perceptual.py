@@ -63,9 +63,9 @@ defaults of that day: pretrained start, plain views) the written files' blotch f
 to 40.1 dB, SSIM from 0.969 to 0.974, the search converges alike (9 rounds). But on the verify-photos
 setup (400 CIFAR-10 automobiles at 256 px, ResNet-18/4, 20 epochs) the protection is gone: the
 held-out clean photos are recognised 67 % by the victim trained on the perceptually protected photos
-against 69 % unprotected (written SSIM 0.980); with today's defaults (fresh start, white-balanced
-views) 74 % against 81 % (12 % without the budget; ``benchmarks/results/photo-visibility-frontier.json``).
-That is why ``protect --perceptual`` is off by default.
+against 69 % unprotected (written SSIM 0.980); with the defaults since 2026-11-30 (fresh start,
+white-balanced views) 74 % against 81 % (12 % without the budget;
+``benchmarks/results/photo-visibility-frontier.json``). That is why ``protect --perceptual`` is off by default.
 """
 from __future__ import annotations
 
