@@ -227,7 +227,8 @@ def main() -> None:
     ap.add_argument("--runs", type=json.loads, default=None, help="JSON list of effect runs (default: RUNS), e.g. "
                     '\'[{"reference": "shipped", "eps": 8, "structure": "lowpass-4"}]\'; "defense": how both victims '
                     'train (unlearnable.train.defenses, e.g. "grayworld"; default standard); "view": overrides of the '
-                    'search views (noise.views.FACE_VIEW, PHOTO_VIEW for whole), e.g. {"white_balance": 1.0}')
+                    'search views (noise.views.FACE_VIEW, PHOTO_VIEW for whole), e.g. {"white_balance": 0} for the face '
+                    'views before 2026-11-30')
     args = ap.parse_args()
     if not GLINT.is_dir():
         sys.exit(f"needs {GLINT} (../shared/data/faces-glint-sample)")

@@ -68,7 +68,7 @@ def protect_cmd(
     white_balance: bool = typer.Option(True, "--white-balance/--no-white-balance", help="search through "
                                        "white-balanced views (default), so that the noise is no colour cast, which "
                                        "a scraper's white balance removes: measured stronger and no more visible; "
-                                       "--no-white-balance: the views before 2026-11-30 (whole photos only)"),
+                                       "--no-white-balance: the views before 2026-11-30 (whole photos and faces)"),
     seed: int = SEED,
     data_root: Optional[Path] = DATA_ROOT,
     device: str = DEVICE,
@@ -77,16 +77,15 @@ def protect_cmd(
     noise. Files in OUT that unlearnable did not write are never replaced. Exit code 0: all photos
     protected; 1: some photos or folders failed, or OUT could not be written (listed); 2: usage
     error, nothing done; 130: interrupted (rerun the same command to resume)."""
-    from unlearnable.data.photos.files import UsageError
+    from dataclasses import replace
+
     from unlearnable.data.storage import OutputError
     from unlearnable.noise.budget import parse_epsilon
-    from unlearnable.noise.views import PHOTO_VIEW, ViewConfig
+    from unlearnable.noise.views import FACE_VIEW, PHOTO_VIEW, ViewConfig
     from unlearnable.protect.photos import MANIFEST, PhotoProtectConfig, protect_photos, search_config
 
     with user_errors("interrupted: the photos written so far are kept; rerun the same command to resume"), \
             exit_on(OutputError, EXIT_SOME_FAILED):
-        if faces and not white_balance:
-            raise UsageError("--no-white-balance changes the whole-photo views; face views are never white-balanced")
         given = {k: v for k, v in (("max_rounds", max_rounds), ("steps", steps)) if v is not None}
         search = search_config(faces, mode=mode, eps=parse_epsilon(eps), seed=seed, **given)
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
@@ -95,7 +94,8 @@ def protect_cmd(
                                  max_megapixels=max_megapixels, workers=workers, metrics=metrics, faces=faces,
                                  no_face=no_face, detect_side=detect_side,
                                  face_weights=str(face_weights) if face_weights else None, perceptual=perceptual,
-                                 view=PHOTO_VIEW if white_balance else ViewConfig(),
+                                 view=(FACE_VIEW if faces else PHOTO_VIEW) if white_balance else
+                                 replace(FACE_VIEW, white_balance=0.0) if faces else ViewConfig(),
                                  data_root=str(data_root) if data_root else None, device=device)
         with Reporter("reading photos") as on_event:
             manifest = protect_photos(inputs, out, cfg, on_event)

@@ -1,4 +1,5 @@
 """Noise for photos: full-resolution budget, search behaviour, scraper views, pseudo-classes."""
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,10 @@ def _draws_of_the_plain_view(b: int) -> torch.Tensor:
     return g.get_state()
 
 
-def test_whole_photos_search_through_white_balanced_views_by_default_and_faces_do_not(tmp_path, monkeypatch):
+def test_whole_photos_and_faces_search_through_white_balanced_views_by_default(tmp_path, monkeypatch):
     """The photo default (PHOTO_VIEW) white-balances every view; a run without it keeps its settings as
-    they were before the option; faces keep their own views; the CLI's --no-white-balance gives the plain
-    views (whole photos only)."""
+    they were before the option; faces keep their own views, white-balanced too (since 2026-11-30); the
+    CLI's --no-white-balance gives the plain views of either."""
     from typer.testing import CliRunner
 
     import unlearnable.protect.photos as protect_mod
@@ -105,17 +106,17 @@ def test_whole_photos_search_through_white_balanced_views_by_default_and_faces_d
     assert PhotoProtectConfig().view == PHOTO_VIEW and PHOTO_VIEW.white_balance == 1.0
     assert PhotoProtectConfig().fingerprint()["view"]["white_balance"] == 1.0
     assert "white_balance" not in PhotoProtectConfig(view=ViewConfig()).fingerprint()["view"]
-    assert PhotoProtectConfig(faces=True).view == FACE_VIEW and FACE_VIEW.white_balance == 0
+    assert PhotoProtectConfig(faces=True).view == FACE_VIEW and FACE_VIEW.white_balance == 1.0
     seen = []
     monkeypatch.setattr(protect_mod, "protect_photos", lambda inputs, out, cfg, on_event=None: seen.append(cfg) or
                         {"images": [], "summary": {}, "errors": []})
     (tmp_path / "in").mkdir()
     for flag in ([], ["--no-white-balance"]):
         CliRunner().invoke(app, ["protect", str(tmp_path / "in"), "-o", str(tmp_path / "o"), *flag])
-    assert [c.view.white_balance for c in seen] == [1.0, 0.0]
-    r = CliRunner().invoke(app, ["protect", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--faces",
-                                "--no-white-balance"])
-    assert r.exit_code == 2 and "face views are never white-balanced" in " ".join(r.output.split())
+    for flag in ([], ["--no-white-balance"]):
+        CliRunner().invoke(app, ["protect", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--faces", *flag])
+    assert [c.view.white_balance for c in seen] == [1.0, 0.0, 1.0, 0.0]
+    assert seen[2].view == FACE_VIEW and seen[3].view == replace(FACE_VIEW, white_balance=0.0)   # not photo views
 
 
 def test_scraper_pipeline_resizes_and_recompresses():

@@ -15,7 +15,8 @@ recogniser itself trained during the search. Here:
   same template, so the crop it trains on is ours up to detector jitter, rescaling and JPEG. The view is
   therefore a *mild* random resized crop (side 85-100 %, aspect within 10 %, flip), JPEG at quality 50-95
   on half of the views, downscaled to the surrogate's input, instead of the photo pipeline's 60-100 %
-  crops.
+  crops; every view gray-world white-balanced first, as the photo views are (since 2026-11-30: measured
+  stronger, README "Faces").
 - **Defaults**: class-wise, ε = 8/255 (the issue's product default; the paper uses 16/255 for faces:
   ``benchmarks/faces.py`` measures both), the photo search's schedule (``MinMinConfig.for_photos``)
   with a round cap of 40 instead of 20, 20 PGD steps per round instead of 10 and 30 surrogate steps

@@ -10,7 +10,7 @@
   rest on a class-wide colour cast, which a scraper's automatic white balance takes out (measured on
   the photo search, README "What the photo noise is").
 - ``PHOTO_VIEW``: the whole-photo search's views, every one white-balanced (``protect``'s default).
-- ``FACE_VIEW``: the same view with the mild jitter of a face scraper's re-alignment (not white-balanced).
+- ``FACE_VIEW``: the same view with the mild jitter of a face scraper's re-alignment, white-balanced too.
 - ``scraper_pipeline``: the non-differentiable pipeline that verification applies to whole photo
   files: squash-resize with antialiasing to training size, then a real JPEG re-encode (Pillow).
 """
@@ -50,14 +50,18 @@ class ViewConfig:
 # dB, SSIM 0.970 → 0.971, blotch 2.35 → 2.29, but on 20 upscaled 12 MP photos SSIM 0.970 → 0.960. With
 # the fresh start (the default since, ``PhotoProtectConfig.surrogate_start``) through these views: 12, 14
 # and 7 %, 14 and 29 %, 14 and 11 % on the same photos, at a visible price on the samples (README "The
-# default now"). Without the white balance the fresh start's noise was mostly a cast. Faces keep FACE_VIEW: their
-# pattern is mostly not a cast (it holds under grayworld: 13.75 % against 66.7 %, mean of seeds 0-2).
+# default now"). Without the white balance the fresh start's noise was mostly a cast.
 PHOTO_VIEW = ViewConfig(white_balance=1.0)
 
 # A face scraper re-detects and re-aligns every face to the same template, so the crop it trains on is
 # the aligned crop up to detector jitter, rescaling and JPEG: a *mild* random resized crop (side 85-100 %,
-# aspect within 10 %), flip, JPEG 50-95 on half of the views (out_size is set to the surrogate's input).
-FACE_VIEW = ViewConfig(out_size=32, min_scale=0.85, max_aspect=1.1, flip=True, jpeg_prob=0.5, jpeg_quality=(50, 95))
+# aspect within 10 %), flip, JPEG 50-95 on half of the views (out_size is set to the surrogate's input);
+# every view white-balanced first since 2026-11-30: measured (benchmarks/faces.py --config cpu, seeds 0-4,
+# protected people's held-out photos recognised) standard victims 1.25 / 7.5 / 2.5 / 2.5 / 5 % (mean 3.75)
+# against 8.75 / 3.75 / 3.75 / 3.75 / 3.75 % (mean 4.75) without it, grayworld victims 12.5 / 12.5 / 1.25 /
+# 5 / 6.25 % (mean 7.5) against 22.5 / 2.5 / 16.25 / 8.75 / 7.5 % (mean 11.5); README "Faces".
+FACE_VIEW = ViewConfig(out_size=32, min_scale=0.85, max_aspect=1.1, flip=True, jpeg_prob=0.5, jpeg_quality=(50, 95),
+                       white_balance=1.0)
 
 
 def scraper_view(z: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> torch.Tensor:
