@@ -29,6 +29,10 @@ def protect_cmd(
                                              "40 with --faces)"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="PGD steps per round (default 10; 20 with "
                                         "--faces)"),
+    structure: Optional[str] = typer.Option(None, "--structure", help="keep the noise structured "
+                                            "(noise.structure): balanced (no colour cast; measured less visible and "
+                                            "steadier against a scraper's white balance, weaker against ordinary "
+                                            "training), luminance, lowpass-K, tile-T, or several joined by '+'"),
     work_size: int = typer.Option(64, "--work-size", min=1, help="side in pixels the noise is searched at "
                                   "(then upsampled to each photo's size)"),
     surrogate: str = typer.Option("smallcnn-cifar10", "--surrogate", help="shipped surrogate name or a .pt "
@@ -86,7 +90,8 @@ def protect_cmd(
 
     with user_errors("interrupted: the photos written so far are kept; rerun the same command to resume"), \
             exit_on(OutputError, EXIT_SOME_FAILED):
-        given = {k: v for k, v in (("max_rounds", max_rounds), ("steps", steps)) if v is not None}
+        given = {k: v for k, v in (("max_rounds", max_rounds), ("steps", steps), ("structure", structure))
+                 if v is not None}
         search = search_config(faces, mode=mode, eps=parse_epsilon(eps), seed=seed, **given)
         cfg = PhotoProtectConfig(search=search, work_size=work_size, label_free=label_free, clusters=clusters,
                                  surrogate=surrogate, surrogate_start=surrogate_start,

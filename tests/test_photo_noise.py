@@ -119,6 +119,27 @@ def test_whole_photos_and_faces_search_through_white_balanced_views_by_default(t
     assert seen[2].view == FACE_VIEW and seen[3].view == replace(FACE_VIEW, white_balance=0.0)   # not photo views
 
 
+def test_protect_passes_a_noise_structure_to_the_search(tmp_path, monkeypatch):
+    """``protect --structure`` reaches the search schedule (whole photos and faces); none by default; an
+    unknown structure is a usage error (exit 2) before anything is read."""
+    from typer.testing import CliRunner
+
+    import unlearnable.protect.photos as protect_mod
+    from unlearnable.cli.main import app
+
+    seen = []
+    monkeypatch.setattr(protect_mod, "protect_photos", lambda inputs, out, cfg, on_event=None: seen.append(cfg) or
+                        {"images": [], "summary": {}, "errors": []})
+    (tmp_path / "in").mkdir()
+    base = ["protect", str(tmp_path / "in"), "-o", str(tmp_path / "o")]
+    for extra in ([], ["--structure", "balanced"], ["--faces", "--structure", "balanced"]):
+        CliRunner().invoke(app, base + extra)                                # the fake manifest has no summary
+    assert [c.search.structure for c in seen] == [None, "balanced", "balanced"]
+    assert seen[2].search.steps == 20                                        # still the face schedule
+    bad = CliRunner().invoke(app, base + ["--structure", "wobbly"])
+    assert bad.exit_code == 2 and len(seen) == 3
+
+
 def test_scraper_pipeline_resizes_and_recompresses():
     rgb = np.random.default_rng(0).integers(0, 256, (300, 451, 3), dtype=np.uint8)
     small = scraper_pipeline(rgb, 32, 75)
