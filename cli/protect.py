@@ -32,8 +32,8 @@ def protect_cmd(
     structure: Optional[str] = typer.Option(None, "--structure", help="keep the noise structured "
                                             "(noise.structure): balanced (no colour cast; measured less visible and "
                                             "steadier against a scraper's white balance, weaker against ordinary "
-                                            "training), luminance, lowpass-K, tile-T (measured far weaker on whole "
-                                            "photos), or several joined by '+'"),
+                                            "training), luminance (measured far weaker on whole photos), lowpass-K, "
+                                            "tile-T, or several joined by '+'"),
     work_size: int = typer.Option(64, "--work-size", min=1, help="side in pixels the noise is searched at "
                                   "(then upsampled to each photo's size)"),
     surrogate: str = typer.Option("smallcnn-cifar10", "--surrogate", help="shipped surrogate name or a .pt "
