@@ -86,7 +86,7 @@ def protect_cmd(
 
     from unlearnable.data.storage import OutputError
     from unlearnable.noise.budget import parse_epsilon
-    from unlearnable.noise.views import FACE_VIEW, PHOTO_VIEW, ViewConfig
+    from unlearnable.noise.views import FACE_VIEW, PHOTO_VIEW
     from unlearnable.protect.photos import MANIFEST, PhotoProtectConfig, protect_photos, search_config
 
     with user_errors("interrupted: the photos written so far are kept; rerun the same command to resume"), \
@@ -100,8 +100,7 @@ def protect_cmd(
                                  max_megapixels=max_megapixels, workers=workers, metrics=metrics, faces=faces,
                                  no_face=no_face, detect_side=detect_side,
                                  face_weights=str(face_weights) if face_weights else None, perceptual=perceptual,
-                                 view=(FACE_VIEW if faces else PHOTO_VIEW) if white_balance else
-                                 replace(FACE_VIEW, white_balance=0.0) if faces else ViewConfig(),
+                                 view=replace(FACE_VIEW if faces else PHOTO_VIEW, white_balance=float(white_balance)),
                                  data_root=str(data_root) if data_root else None, device=device)
         with Reporter("reading photos") as on_event:
             manifest = protect_photos(inputs, out, cfg, on_event)
