@@ -16,6 +16,10 @@ every protection and matrix cell is cached under --out, so a rerun resumes.
 Noise kinds (sample-wise unless named class-wise, ε = 8/255, SmallCNN surrogate, same seed):
     em             error-minimising noise (Huang et al., arXiv 2101.04898), the engine's defaults
     rem            robust EM (Fu et al., arXiv 2203.14533; ``noise.robust``), ρ_a = 4/255
+    rem-epochs     the same on the official schedule's proportions: each round one surrogate epoch over the
+                  pool and 10 noise steps, 13 rounds (official: 5,000 steps of batch 128 on 50,000 images,
+                  12.8 epochs, each image's noise recomputed with 10 steps about once an epoch); the engine's
+                  constant lr (official: × 0.1 at steps 2,000 and 4,000) and warm-started noise
     defense-aware  EM searched through the trainer's defenses (``noise.defense_aware``, all views)
     defense-aware+luminance+lowpass   the same, δ kept in luminance and 4 × 4 blocks (``noise.structure``)
     em+luminance+lowpass-8   EM (no views) with δ in luminance and constant over 8 × 8 blocks, JPEG's own
@@ -43,7 +47,8 @@ cpu: ``benchmarks/defenses.py``'s cpu scale: a balanced 5,000-image subset of CI
      on 1,000 test images. EM and defense-aware: the engine's defaults (20 PGD steps of 0.8/255, 10
      surrogate steps, batch 512) capped at 30 rounds; REM: ``rem_config`` scaled down as in
      ``benchmarks/rem.py`` cpu (5 noise steps of 1.6/255, ρ_a 4/255 with PGD-3 of 2/255, 1 EOT draw,
-     batch 128), capped at 15 rounds; em+defense-aware: warm start of at most 30 rounds, 50 in all;
+     batch 128), capped at 15 rounds; rem-epochs: the same adversary, 10 noise steps and 40 surrogate steps
+     (one epoch of the 5,000 images) a round, 13 rounds; em+defense-aware: warm start of at most 30 rounds, 50 in all;
      class-wise kinds (one PGD step a round over 20 %: about 4 s a round here) capped at 60 rounds.
      Clean cells have no pattern readout, so they do not depend on the protection and are trained once
      and shared by every kind.
@@ -87,6 +92,7 @@ KINDS = {   # kind -> its structure, whether it searches through all defense vie
             # its mode when not sample-wise
     "em": dict(structure=None, views=False, warm=False),
     "rem": None,                                       # the REM settings of the config (``c["rem"]``)
+    "rem-epochs": None,                                # the same, on the official schedule's proportions
     "defense-aware": dict(structure=None, views=True, warm=False),
     "defense-aware+luminance+lowpass": dict(structure="luminance+lowpass", views=True, warm=False),
     "em+defense-aware": dict(structure=None, views=True, warm=True),
@@ -96,13 +102,19 @@ CONFIGS = {
     "cpu": {**DEFENSE_CONFIGS["cpu"], "max_rounds": 30, "classwise_max_rounds": 60, "warm_start": (30, 50),
             "at4_alpha": 1.5 / 255,
             "rem": dict(steps=5, step_size=1.6 / 255, batch_size=128, max_rounds=15,
-                        robust=dict(radius=4 / 255, steps=3, step_size=2 / 255, samples=1))},
+                        robust=dict(radius=4 / 255, steps=3, step_size=2 / 255, samples=1)),
+            "rem-epochs": dict(steps=10, step_size=1.6 / 255, batch_size=128, train_steps=40, max_rounds=13,
+                               robust=dict(radius=4 / 255, steps=3, step_size=2 / 255, samples=1))},
     "smoke": {**DEFENSE_CONFIGS["cpu"], "subset": 200, "test_subset": 200, "epochs": 1, "at_steps": 1,
               "max_rounds": 1, "classwise_max_rounds": 1, "warm_start": (1, 2), "at4_alpha": 1.5 / 255,
               "rem": dict(steps=1, step_size=1.6 / 255, batch_size=128, max_rounds=1,
-                          robust=dict(radius=4 / 255, steps=1, step_size=2 / 255, samples=1))},
+                          robust=dict(radius=4 / 255, steps=1, step_size=2 / 255, samples=1)),
+              "rem-epochs": dict(steps=1, step_size=1.6 / 255, batch_size=128, train_steps=2, max_rounds=1,
+                                 robust=dict(radius=4 / 255, steps=1, step_size=2 / 255, samples=1))},
     "gpu": {**DEFENSE_CONFIGS["gpu"], "warm_start": (100, 200), "at4_alpha": 0.8 / 255,
-            "rem": dict(steps=10, step_size=1.6 / 255, batch_size=128, max_rounds=100, robust=dict())},
+            "rem": dict(steps=10, step_size=1.6 / 255, batch_size=128, max_rounds=100, robust=dict()),
+            "rem-epochs": dict(steps=10, step_size=1.6 / 255, batch_size=128, train_steps=391, max_rounds=13,
+                               robust=dict())},
 }
 TARGET_PROTECTED, TARGET_CLEAN = 0.30, 0.45
 
@@ -128,7 +140,7 @@ def kind_settings(kind: str, c: dict) -> tuple[MinMinConfig, DefenseViewConfig |
     """The engine settings and the defense views (or None) of noise ``kind``."""
     spec = kind_spec(kind)
     if spec is None:
-        r = dict(c["rem"])
+        r = dict(c[kind])
         robust = RobustSettings(**r.pop("robust"))
         return MinMinConfig(mode="samplewise", robust=robust, **r), None
     mode = spec.get("mode", "samplewise")
