@@ -19,7 +19,9 @@ same energy is far less visible, yet has the same PSNR. The measure here targets
 ``blotch_luma`` is the same on the luma change (a blotch moved from colour to brightness is still
 a blotch); ``flat_share`` is the share of flat pixels. With no flat pixel both are None; a grayscale
 photo has no chroma (``blotch`` 0 where flat pixels exist). Both are RMS figures in levels, so
-they can be compared across photos of different sizes; they are not calibrated visibility scores.
+they can be compared across photos of different sizes; they are not calibrated visibility scores
+(``unlearnable.eval.scielab`` is: S-CIELAB against one just-noticeable difference; ``flat_mask``
+gives it the same flat pixels).
 
 Streams over row strips with a 4-row halo, float64, so a 12-megapixel photo needs a few tens of MB.
 """
@@ -64,6 +66,30 @@ def _rows(img, r0: int, r1: int, halo: int) -> torch.Tensor:
     return t.to(torch.float64).permute(2, 0, 1).contiguous()
 
 
+def _flat(luma: torch.Tensor, halo: int, rows: int, w: int) -> torch.Tensor:
+    """Flat pixels (rows, w) of a strip's luma (1, rows + 2 halo, w + 2 halo) in 8-bit levels: local
+    std over ``FLAT_WINDOW`` below ``FLAT_STD``."""
+    m = _box(torch.cat([luma, luma * luma]), FLAT_WINDOW)
+    o = halo - FLAT_WINDOW // 2
+    return (m[1] - m[0] ** 2).clamp_(min=0).sqrt_()[o:o + rows, o:o + w] < FLAT_STD
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """Luma (1, h, w) of a (C, h, w) strip in 8-bit levels (C = 3: JFIF Y; C = 1: itself)."""
+    if x.shape[0] == 1:
+        return x
+    return (torch.tensor(_YCC[:1], dtype=torch.float64) @ x.flatten(1)).view(1, *x.shape[1:])
+
+
+def flat_mask(original, data_range: float = 255.0) -> torch.Tensor:
+    """The (H, W) boolean mask of the pixels ``blotch`` calls flat (module doc) in ``original``."""
+    a = original[:, :, None] if original.ndim == 2 else original
+    h, w = a.shape[:2]
+    strips = [_flat(_luma(_rows(a, r0, min(h, r0 + _STRIP), _HALO).mul_(255.0 / data_range)), _HALO,
+                    min(h, r0 + _STRIP) - r0, w) for r0 in range(0, h, _STRIP)]
+    return torch.cat(strips)
+
+
 def blotch(original, written, data_range: float = 255.0) -> dict:
     """Blotch figures of ``written`` against ``original`` ((H, W) or (H, W, C) images, C = 1 or 3,
     numpy or torch, on the scale of ``data_range``: 255 for 8-bit, 65535 for 16-bit).
@@ -88,14 +114,8 @@ def blotch(original, written, data_range: float = 255.0) -> dict:
         x = _rows(a, r0, r1, r).mul_(scale)
         d = _rows(b, r0, r1, r).mul_(scale).sub_(x)
         if c == 3:
-            luma = (ycc[:1] @ x.flatten(1)).view(1, *x.shape[1:])
             d = (ycc @ d.flatten(1)).view(d.shape)                          # ΔY, ΔCb, ΔCr
-        else:
-            luma = x
-        m = _box(torch.cat([luma, luma * luma]), FLAT_WINDOW)
-        o = r - FLAT_WINDOW // 2
-        std = (m[1] - m[0] ** 2).clamp_(min=0).sqrt_()[o:o + r1 - r0, o:o + w]
-        flat = std < FLAT_STD
+        flat = _flat(_luma(x), r, r1 - r0, w)
         o = r - LOWPASS // 2
         lp = _box(d, LOWPASS)[:, o:o + r1 - r0, o:o + w]
         flat_total += int(flat.sum())
