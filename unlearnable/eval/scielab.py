@@ -51,7 +51,7 @@ _SRGB_TO_XYZ = ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1
 _XYZ_TO_OPP = ((0.2787336, 0.7218031, -0.1065520),
                (-0.4487736, 0.2898056, 0.0771569),
                (0.0859513, -0.5899859, 0.5011089))
-_WHITE = (95.047, 100.0, 108.883)  # D65, Y = 100
+_WHITE = tuple(100 * sum(row) for row in _SRGB_TO_XYZ)  # sRGB's white (D65) in the same matrix, Y = 100
 
 
 def _to_rgb64(img, data_range: float) -> torch.Tensor:
