@@ -3,12 +3,16 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from unlearnable.cli.main import app
+from unlearnable.data.photos.decode import read_photo
 from unlearnable.errors import UnlearnableError
+from unlearnable.eval.blotch import flat_mask
+from unlearnable.eval.scielab import scielab
 from unlearnable.eval.summary import photo_verdict
 from unlearnable.verify.photos import reencoded, split_holdout
 
@@ -81,8 +85,17 @@ def test_verify_photo_folder_cli(cifar_root, tmp_path, monkeypatch):
     for run in rep["runs"]:       # the held-out curve ends at the reported figure
         assert len(run["heldout_curve"]) == 1 and run["heldout_curve"][-1] == run["heldout_accuracy"]
     assert rep["verdict"] in ("holds", "broken", "no verdict")
+    seen = rep["protection"]["visibility"]       # S-CIELAB of each written training photo against its original
+    assert sorted(seen["per_photo"]) == sorted(f"me/{n}" for n in protected)
+    assert seen["photos_scored"] == "6 of 6 training photos"          # all, under the default cap of 20
+    for name, share in seen["per_photo"].items():
+        a, b = read_photo(folder / name).pixels, read_photo(out / "protected" / name).pixels
+        assert share == round(scielab(a, b, mask=flat_mask(a))["colour_over_jnd"], 4)
+    assert max(seen["per_photo"].values()) > 0
+    assert seen["flat_visible_colour_share_mean"] == round(float(np.mean(list(seen["per_photo"].values()))), 4)
     page = (out / "report.html").read_text()
     assert "id='verdict'" in page and "held-out accuracy (%)" in page and "chance" in page
+    assert f"<span id='visible'>{100 * seen['flat_visible_colour_share_mean']:.1f}%</span>" in page
     assert page.count("data:image/png;base64,") == 3 * 6      # original, protected, difference of 6 photos
     assert "<script" not in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
 
@@ -129,10 +142,16 @@ def test_verify_photos_trains_both_victims_through_the_defense(cifar_root, tmp_p
     r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "bad"), "--defense", "sepia"])
     assert r.exit_code == 2 and "unknown defense" in r.output, r.output
     assert not (tmp_path / "bad").exists() and not seen
-    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "v"), "--defense", "grayworld"])
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "v"), "--defense", "grayworld", "--visibility-photos", "2"])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "v" / "verify-photos.json").read_text())["defense"] == "grayworld"
-    assert "trained through the defense grayworld (gray-world" in (tmp_path / "v" / "report.html").read_text()
+    rep = json.loads((tmp_path / "v" / "verify-photos.json").read_text())
+    assert rep["defense"] == "grayworld"
+    page = (tmp_path / "v" / "report.html").read_text()
+    assert "trained through the defense grayworld (gray-world" in page
+    # only the first two of the three training photos are scored for visibility, and the page says so
+    assert rep["protection"]["visibility"]["photos_scored"] == "2 of 3 training photos"
+    assert sorted(rep["protection"]["visibility"]["per_photo"]) == ["me/p0.jpg", "me/p1.jpg"]
+    assert "mean over 2 of 3 training photos" in page
     assert len(seen) == 2
     for images in seen:        # channel means equal per image, up to the 8-bit rounding (and clamping)
         m = images.float().mean((2, 3))

@@ -352,6 +352,20 @@ def _defense_note(report: dict) -> str:
     return f", both trained through the defense {html.escape(name)} ({html.escape(report['defense_summary'])})"
 
 
+def _visibility_note(report: dict) -> str:
+    """'; a visible colour change on X% of the flat areas (...)' for a photo report that measured it."""
+    esc = html.escape
+    v = report["protection"].get("visibility")
+    if not v or not v["per_photo"]:
+        return ""
+    share = v["flat_visible_colour_share_mean"]
+    if share is None:
+        return "; the protected photos have no flat areas, where colour changes show most"
+    return (f"; a visible colour change on <span id='visible'>{_pct(share)}</span> of the protected photos' flat "
+            f"areas (mean over {esc(v['photos_scored'])}; S-CIELAB above one just-noticeable difference, at 1:1 "
+            "on a 96-ppi screen from 60 cm)")
+
+
 def render_photo_report(report: dict, examples: dict) -> str:
     """The HTML text of a photo-folder verification (``verify-photos.json`` plus example images:
     ``clean``/``protected`` uint8 (N, 3, H, W) as the scraper saw them, and their file ``names``)."""
@@ -370,8 +384,8 @@ def render_photo_report(report: dict, examples: dict) -> str:
            f"quality {report['scraper']['jpeg_quality']}, {esc(report['scraper']['augment'])}. Victim "
            f"{esc(report['victim'])}, {report['train']['epochs']} epochs, lr {report['train']['lr']}"
            f"{_defense_note(report)}. Protection: "
-           f"ε = {report['protection']['eps_255']:.3g}/255. Held-out accuracy: the share of held-out photos put in "
-           f"their own class, after the last epoch (chance {100 * chance:.1f}%).</p>",
+           f"ε = {report['protection']['eps_255']:.3g}/255{_visibility_note(report)}. Held-out accuracy: the share of "
+           f"held-out photos put in their own class, after the last epoch (chance {100 * chance:.1f}%).</p>",
            "<h2>Held-out photos recognised</h2><table id='runs'><thead><tr><th class='l'>victim trained on</th>"
            "<th>held-out accuracy</th><th>photo train accuracy</th>"
            f"<th>{esc(report['reference'])} test accuracy</th></tr></thead><tbody>"]
