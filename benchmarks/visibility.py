@@ -49,7 +49,7 @@ def score_folder(folder: Path, spd: float, originals: Path | None = None) -> dic
         a, b = read_photo(src).pixels, read_photo(folder / e["output"]).pixels
         if a.dtype != b.dtype:
             raise SystemExit(f"{e['output']}: the written file's bit depth differs from the original's")
-        top = 65535.0 if a.dtype == np.uint16 else 255.0
+        top = float(np.iinfo(a.dtype).max)
         photos[e["output"]] = {**{k: e.get(k) for k in MANIFEST_FIGURES},
                                "scielab": scielab(a, b, spd, top),
                                "scielab_flat": scielab(a, b, spd, top, mask=flat_mask(a, top))}

@@ -146,7 +146,7 @@ def scielab(original, written, samples_per_degree: float = SAMPLES_PER_DEGREE, d
     d = scielab_difference(original, written, samples_per_degree, data_range)
     e, c = d.square().sum(0).sqrt(), d[1:].square().sum(0).sqrt()
     if mask is not None:
-        m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
+        m = torch.as_tensor(mask, dtype=torch.bool)
         e, c = e[m], c[m]
     keys = ("mean", "p99", "over_jnd", "colour_mean", "colour_p99", "colour_over_jnd")
     if e.numel() == 0:

@@ -148,7 +148,7 @@ def visibility(pairs: list[tuple[Path, Path]]) -> dict:
     per = {}
     for src, dst in pairs:
         a, b = read_photo(src).pixels, read_photo(dst).pixels
-        top = 65535.0 if a.dtype == np.uint16 else 255.0
+        top = float(np.iinfo(a.dtype).max)           # as the protect manifest measures: 255 or 65535
         s = scielab(a, b, SAMPLES_PER_DEGREE, top, mask=flat_mask(a, top))
         per[f"{dst.parent.name}/{dst.name}"] = None if s["colour_over_jnd"] is None else round(s["colour_over_jnd"], 4)
     shares = [v for v in per.values() if v is not None]
